@@ -1,0 +1,152 @@
+"""The one model config: a versioned dataclass saved as ``config.json`` beside ``model.safetensors``.
+
+Every module (codec, denoiser, session, training, export) takes this object; nothing reads loose kwargs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# Style vocabulary of the procedural corpus: timbre families, then production tags (see corpus.py).
+TIMBRES = ("keys", "pluck", "bell", "pad", "organ", "bass", "lead", "drums")
+STYLE_TAGS = ("bright", "dark", "reverb", "distorted", "fast", "slow")
+STYLE_VOCAB = TIMBRES + STYLE_TAGS
+
+ATTENTION_MODES = ("bidirectional", "block_causal")
+
+
+class ConfigError(ValueError):
+    """A config.json that cannot be used; the message names the file and the field."""
+
+
+@dataclass
+class ModelConfig:
+    """Codec + denoiser hyper-parameters. Sizes are in latent frames unless the name says samples."""
+
+    version: int = CONFIG_VERSION
+    # Codec: amplitude-compressed complex STFT (see codec.py). 22,050 Hz keeps the spectrum musicians hear
+    # most (to 11 kHz) while halving the frames a 2-core CPU must generate in real time versus 44.1 kHz.
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    hop: int = 512
+    compression: float = 0.5  # |X|^compression, sign/phase kept: exactly invertible
+    latent_gain: float = 0.25  # global scale so typical music latents have unit-order values
+    # Denoiser: block-causal DiT.
+    width: int = 192
+    depth: int = 6
+    heads: int = 3
+    mlp_ratio: float = 4.0
+    block_frames: int = 22  # default block length (= delay time), about 0.51 s
+    window_blocks: int = 4  # W: a block attends to itself and W-1 blocks of context
+    attention: str = "block_causal"  # or "bidirectional" for the outpainting baseline
+    style_vocab: tuple[str, ...] = STYLE_VOCAB
+    rope_base: float = 10000.0
+    min_block_frames: int = 4
+    extra: dict = field(default_factory=dict)  # free-form provenance (training stage, data), never read by code
+
+    def __post_init__(self):
+        self.style_vocab = tuple(self.style_vocab)
+        self.validate()
+
+    # ---- derived sizes -------------------------------------------------------------------------
+    @property
+    def latent_dim(self) -> int:
+        """Channels of one latent frame: real and imaginary parts of n_fft // 2 + 1 bins."""
+        return 2 * (self.n_fft // 2 + 1)
+
+    @property
+    def context_frames(self) -> int:
+        """Clean frames a target block attends to: W-1 default blocks (the KV cache length)."""
+        return (self.window_blocks - 1) * self.block_frames
+
+    @property
+    def max_block_frames(self) -> int:
+        """Longest block (delay) the session accepts: the delayed input must still be in the context."""
+        return max(self.context_frames, self.block_frames)
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def style_dim(self) -> int:
+        return len(self.style_vocab)
+
+    @property
+    def codec_latency(self) -> int:
+        """Samples the streaming codec delays its reconstruction by."""
+        return self.n_fft - self.hop
+
+    def validate(self) -> None:
+        def need(cond: bool, name: str, msg: str):
+            if not cond:
+                raise ConfigError(f"config field '{name}': {msg} (got {getattr(self, name)!r})")
+
+        need(self.version == CONFIG_VERSION, "version", f"this lmdm reads config version {CONFIG_VERSION}")
+        need(self.sample_rate > 0, "sample_rate", "must be positive")
+        need(self.n_fft > 0 and self.n_fft % 2 == 0, "n_fft", "must be a positive even number")
+        need(self.n_fft == 2 * self.hop, "hop", "must be n_fft / 2 (sqrt-Hann overlap-add reconstructs exactly)")
+        need(0 < self.compression <= 1, "compression", "must be in (0, 1]")
+        need(self.width % self.heads == 0, "width", "must be divisible by heads")
+        need((self.width // self.heads) % 2 == 0, "heads", "width / heads must be even (rotary embedding)")
+        need(self.depth >= 1, "depth", "must be >= 1")
+        need(self.window_blocks >= 1, "window_blocks", "must be >= 1")
+        need(self.block_frames >= self.min_block_frames, "block_frames", "must be >= min_block_frames")
+        need(self.attention in ATTENTION_MODES, "attention", f"must be one of {ATTENTION_MODES}")
+        need(len(self.style_vocab) > 0, "style_vocab", "must not be empty")
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["style_vocab"] = list(self.style_vocab)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        except TypeError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ModelConfig":
+        path = Path(folder) / CONFIG_NAME
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
+        return cls.from_dict(d, source=str(path))
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def debug_config(**overrides) -> ModelConfig:
+    """A tiny config that builds in milliseconds, for tests."""
+    base = dict(sample_rate=4000, n_fft=64, hop=32, width=32, depth=2, heads=2, block_frames=16, window_blocks=3,
+                min_block_frames=4)
+    base.update(overrides)
+    return ModelConfig(**base)

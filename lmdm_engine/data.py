@@ -1,0 +1,129 @@
+"""Training data: clips encoded once to codec latents, from the procedural corpus or any folder of audio files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .codec import encode_clip
+from .config import ModelConfig
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3")
+
+
+@dataclass
+class LatentClips:
+    """Equal-length clips as codec latents [N, frames, D] (float16 to halve memory) with style vectors [N, S]."""
+
+    latents: np.ndarray
+    styles: np.ndarray
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _codec_key(config: ModelConfig) -> str:
+    fields = (config.sample_rate, config.n_fft, config.hop, config.compression, config.latent_gain)
+    return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:10]
+
+
+def read_audio_mono(path: Path, sample_rate: int) -> np.ndarray:
+    """Any file pedalboard can read, mixed to mono and resampled (windowed sinc) to ``sample_rate``."""
+    from pedalboard.io import AudioFile
+
+    try:
+        with AudioFile(str(path)).resampled_to(sample_rate) as f:
+            audio = f.read(f.frames)
+    except Exception as e:  # pedalboard raises several types for unreadable files
+        raise ValueError(f"{path}: cannot read audio ({e})") from None
+    return audio.mean(0).astype(np.float32)
+
+
+def _cached(cache_path: Path, build) -> LatentClips:
+    if cache_path.is_file():
+        with np.load(cache_path, allow_pickle=False) as z:
+            return LatentClips(z["latents"], z["styles"], list(z["names"]))
+    clips = build()
+    tmp = cache_path.with_name(cache_path.stem + ".tmp.npz")
+    np.savez(tmp, latents=clips.latents, styles=clips.styles, names=np.array(clips.names))
+    tmp.replace(cache_path)
+    return clips
+
+
+def corpus_clips(corpus_dir: str | Path, config: ModelConfig, split: str) -> LatentClips:
+    """Clips of a procedural corpus (see corpus.py) for ``split`` ("train" or "heldout"), cached beside it."""
+    from .corpus import read_metadata, style_vector
+
+    corpus_dir = Path(corpus_dir)
+    rows = [r for r in read_metadata(corpus_dir) if r["split"] == split]
+    if not rows:
+        raise ValueError(f"{corpus_dir}: no clips in split {split!r}")
+
+    def build() -> LatentClips:
+        latents = [encode_clip(config, read_audio_mono(corpus_dir / r["file"], config.sample_rate))
+                   for r in tqdm(rows, desc=f"encoding {split} clips", leave=False)]
+        styles = np.stack([style_vector(r["tags"], config.style_vocab) for r in rows])
+        return LatentClips(np.stack(latents).astype(np.float16), styles, [r["file"] for r in rows])
+
+    return _cached(corpus_dir / f"latents-{split}-{_codec_key(config)}.npz", build)
+
+
+def folder_clips(folder: str | Path, config: ModelConfig, split: str, seconds: float = 4.0,
+                 heldout_fraction: float = 0.1) -> LatentClips:
+    """Clips of ``seconds`` cut from every audio file under ``folder`` (unlabelled: zero style vector).
+
+    A file belongs to the held-out split when a hash of its relative path falls under ``heldout_fraction``,
+    so the split is stable when files are added.
+    """
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
+
+    def in_split(p: Path) -> bool:
+        bucket = zlib.crc32(str(p.relative_to(folder)).encode()) % 1000 / 1000
+        return (bucket < heldout_fraction) == (split == "heldout")
+
+    chosen = [p for p in files if in_split(p)]
+    if not chosen:
+        raise ValueError(f"{folder}: no files fall in split {split!r}; add more files")
+    clip_samples = int(seconds * config.sample_rate) // config.hop * config.hop
+
+    def build() -> LatentClips:
+        latents, names = [], []
+        for p in tqdm(chosen, desc=f"encoding {split} files", leave=False):
+            audio = read_audio_mono(p, config.sample_rate)
+            for i in range(audio.shape[0] // clip_samples):
+                latents.append(encode_clip(config, audio[i * clip_samples:(i + 1) * clip_samples]))
+                names.append(f"{p.relative_to(folder)}#{i}")
+        if not latents:
+            raise ValueError(f"{folder}: every file in split {split!r} is shorter than {seconds} s")
+        styles = np.zeros((len(latents), config.style_dim), np.float32)
+        return LatentClips(np.stack(latents).astype(np.float16), styles, names)
+
+    key = hashlib.sha1("|".join(str(p) for p in chosen).encode()).hexdigest()[:8]
+    cache_dir = folder / ".lmdm_cache"
+    cache_dir.mkdir(exist_ok=True)
+    return _cached(cache_dir / f"latents-{split}-{_codec_key(config)}-{key}-{seconds}.npz", build)
+
+
+def load_clips(data: str | Path, config: ModelConfig, split: str) -> LatentClips:
+    """A procedural corpus folder (it has metadata.jsonl) or any folder of audio files."""
+    data = Path(data)
+    if (data / "metadata.jsonl").is_file():
+        return corpus_clips(data, config, split)
+    return folder_clips(data, config, split)
+
+
+def fit_latent_scale(clips: LatentClips, floor_fraction: float = 0.05) -> np.ndarray:
+    """Per-channel standard deviation of the latents, floored at a fraction of the median channel's."""
+    lat = clips.latents.reshape(-1, clips.latents.shape[-1]).astype(np.float32)
+    std = lat.std(0)
+    return np.maximum(std, floor_fraction * np.median(std)).astype(np.float32)

@@ -1,0 +1,300 @@
+"""Block-causal DiT denoiser with a block-wise KV cache (LMDM, Novack et al. 2026, arXiv 2605.22717).
+
+Tokens are latent frames (model space: codec latents divided by ``latent_scale``). Two kinds of token:
+clean context tokens (diffusion time 0, no style) and noisy target tokens (their own time ``t`` plus the style).
+Conditioning enters through per-token adaLN modulation, so the keys and values of clean tokens depend on the
+context audio alone: the cache is exact and a style change needs no rebuild.
+
+Attention (frames; ``C = config.context_frames``; a block starting at frame ``s`` with ``L`` frames):
+- clean block tokens attend to clean frames ``[s - C, s + L)``;
+- noisy target tokens attend to clean frames ``[s - C, s)`` and to their own block;
+- clean tokens never attend to noisy ones (block-causal LMDM) -- except in the ``bidirectional``
+  outpainting baseline, where context and target attend to each other with full attention.
+
+Rotary positions are relative inside the window: a stream keeps keys un-rotated in a fixed-size cache and
+rotates them by slot (``0..C-1``, target at ``C..``), so positions stay bounded in an endless stream.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import CONFIG_NAME, WEIGHTS_NAME, ConfigError, ModelConfig
+
+Cache = dict[str, torch.Tensor]
+
+
+def cache_names(config: ModelConfig) -> list[str]:
+    """Names of the KV-cache tensors, in the ONNX / Hugging Face Optimum convention."""
+    names = []
+    for i in range(config.depth):
+        names += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+    return names + ["context_valid"]
+
+
+def rf_skip(t: torch.Tensor) -> torch.Tensor:
+    """Velocity of the Gaussian-optimal denoiser for unit-variance data: v = skip(t) * x_t.
+
+    With x_t = (1 - t) x0 + t n and x0, n ~ N(0, 1): E[n - x0 | x_t] = (2t - 1) / ((1 - t)^2 + t^2) x_t.
+    The network predicts the residual, so a narrow model never has to carry the full-rank noise path.
+    """
+    return (2 * t - 1) / ((1 - t) ** 2 + t**2)
+
+
+def timestep_features(t: torch.Tensor, dim: int = 128) -> torch.Tensor:
+    """Sinusoidal features of t in [0, 1]: [...] -> [..., dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = (t.float() * 1000.0)[..., None] * freqs
+    return torch.cat([angles.cos(), angles.sin()], -1)
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
+    """Rotate-half RoPE. x [B, H, N, Dh], positions [N] (float)."""
+    half = x.shape[-1] // 2
+    inv = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    ang = positions.float()[:, None] * inv[None, :]  # [N, Dh/2]
+    cos, sin = ang.cos(), ang.sin()
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+
+def sequence_mask(n_frames: int, block_frames: int, context_frames: int, device=None) -> torch.Tensor:
+    """Block-causal mask over [clean frames ; noisy frames] (2T tokens): True where a query may attend."""
+    f = torch.arange(n_frames, device=device)
+    start = (f // block_frames) * block_frames  # block start of each frame
+    q_start, k = start[:, None], f[None, :]
+    clean_to_clean = (k >= q_start - context_frames) & (k < q_start + block_frames)
+    noisy_to_clean = (k >= q_start - context_frames) & (k < q_start)
+    noisy_to_noisy = start[:, None] == start[None, :]
+    top = torch.cat([clean_to_clean, torch.zeros_like(clean_to_clean)], 1)
+    bottom = torch.cat([noisy_to_clean, noisy_to_noisy], 1)
+    return torch.cat([top, bottom], 0)  # [2T, 2T]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.heads, self.head_dim, self.rope_base = config.heads, config.head_dim, config.rope_base
+        self.qkv = nn.Linear(config.width, 3 * config.width)
+        self.out = nn.Linear(config.width, config.width)
+        self.q_norm, self.k_norm = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
+
+    def forward(self, x, positions, mask, past_k=None, past_v=None, past_positions=None):
+        """x [B, N, W]; mask [N, N + P] or [B, 1, N, N + P]. Returns (out [B, N, W], k, v un-rotated [B, H, N, Dh])."""
+        b, n, w = x.shape
+        # [B, N, 3W] -> 3 x [B, H, N, Dh]
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        new_k, new_v = k, v
+        q = rotary(q, positions, self.rope_base)
+        k = rotary(k, positions, self.rope_base)
+        if past_k is not None:
+            # keys of the cache are stored un-rotated; rotate them by slot: [B, H, P, Dh]
+            k = torch.cat([rotary(past_k, past_positions, self.rope_base), k], 2)  # [B, H, P + N, Dh]
+            v = torch.cat([past_v, v], 2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, N, Dh]
+        y = y.transpose(1, 2).reshape(b, n, w)  # [B, H, N, Dh] -> [B, N, W]
+        return self.out(y), new_k, new_v
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        w = config.width
+        self.norm1 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(config)
+        hidden = int(w * config.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(w, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, w))
+        # adaLN-single (PixArt-alpha): one shared modulation MLP, plus a learned per-layer offset
+        self.modulation_offset = nn.Parameter(torch.zeros(6, w))
+
+    def forward(self, h, modulation, positions, mask, past_k=None, past_v=None, past_positions=None):
+        # modulation [B, N, 6, W] -> six [B, N, W]
+        shift1, scale1, gate1, shift2, scale2, gate2 = (modulation + self.modulation_offset).unbind(2)
+        a, k, v = self.attn(self.norm1(h) * (1 + scale1) + shift1, positions, mask, past_k, past_v, past_positions)
+        h = h + gate1 * a
+        h = h + gate2 * self.mlp(self.norm2(h) * (1 + scale2) + shift2)
+        return h, k, v
+
+
+class Denoiser(nn.Module):
+    """Rectified-flow velocity model over latent frames. See the module docstring for the attention layout."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.in_proj = nn.Linear(config.latent_dim, w)
+        self.time_mlp = nn.Sequential(nn.Linear(128, w), nn.SiLU(), nn.Linear(w, w))
+        self.style_proj = nn.Linear(config.style_dim, w, bias=False)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(w, 6 * w))
+        self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
+        self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(w, 2 * w))
+        self.out_proj = nn.Linear(w, config.latent_dim)
+        # per-channel latent scale (set from training data; ones means "not fitted")
+        self.register_buffer("latent_scale", torch.ones(config.latent_dim))
+        self._init_weights()
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        # adaLN-Zero: every residual branch and the output start at zero
+        for lin in (self.modulation[-1], self.final_modulation[-1], self.out_proj):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    # ---- core -----------------------------------------------------------------------------------
+    def _conditioning(self, t_tokens: torch.Tensor, style: torch.Tensor, is_target: torch.Tensor) -> torch.Tensor:
+        """t_tokens [B, N], style [B, S], is_target [N] bool -> per-token conditioning [B, N, W]."""
+        cond = self.time_mlp(timestep_features(t_tokens))
+        return cond + is_target.float()[None, :, None] * self.style_proj(style)[:, None, :]
+
+    def _run(self, x, t_tokens, style, is_target, positions, mask, past: Cache | None = None, past_positions=None):
+        """Shared transformer pass. x [B, N, D]. Returns (velocity [B, N, D], per-layer (k, v) of these tokens)."""
+        b, n, _ = x.shape
+        cond = self._conditioning(t_tokens, style, is_target)
+        modulation = self.modulation(cond).view(b, n, 6, -1)  # [B, N, 6W] -> [B, N, 6, W]
+        h = self.in_proj(x)
+        new_kv = []
+        for i, block in enumerate(self.blocks):
+            pk = past[f"past_key_values.{i}.key"] if past is not None else None
+            pv = past[f"past_key_values.{i}.value"] if past is not None else None
+            h, k, v = block(h, modulation, positions, mask, pk, pv, past_positions)
+            new_kv.append((k, v))
+        shift, scale = self.final_modulation(cond).chunk(2, -1)
+        out = self.out_proj(self.final_norm(h) * (1 + scale) + shift)
+        return out + rf_skip(t_tokens)[..., None] * x, new_kv
+
+    # ---- training / reference forwards ----------------------------------------------------------
+    def velocity_sequence(self, clean, noisy, t_blocks, style, block_frames: int):
+        """Full block-causal forward (LMDM training, and the reference the stream must equal).
+
+        clean, noisy [B, T, D] with T a multiple of block_frames; t_blocks [B, T // block_frames]; style [B, S].
+        Returns the velocity of every noisy frame [B, T, D].
+        """
+        b, n_frames, _ = clean.shape
+        if n_frames % block_frames:
+            raise ValueError(f"sequence of {n_frames} frames is not a multiple of block_frames {block_frames}")
+        t_noisy = t_blocks.repeat_interleave(block_frames, 1)  # [B, n_blocks] -> [B, T]
+        t_tokens = torch.cat([torch.zeros_like(t_noisy), t_noisy], 1)  # [B, 2T]
+        is_target = torch.arange(2 * n_frames, device=clean.device) >= n_frames
+        positions = torch.arange(n_frames, device=clean.device).repeat(2)
+        mask = sequence_mask(n_frames, block_frames, self.config.context_frames, clean.device)
+        v, _ = self._run(torch.cat([clean, noisy], 1), t_tokens, style, is_target, positions, mask)
+        return v[:, n_frames:]
+
+    def velocity_outpaint(self, context, x, t, style):
+        """One target block after a clean context, recomputing the context (the outpainting baseline).
+
+        context [B, C', D] (C' <= context_frames), x [B, L, D], t [B]. Attention is full in ``bidirectional``
+        mode; otherwise the context never attends to the target. Returns velocity [B, L, D].
+        """
+        b, c, _ = context.shape
+        n = c + x.shape[1]
+        t_tokens = torch.cat([torch.zeros(b, c, device=x.device), t[:, None].expand(b, x.shape[1])], 1)
+        is_target = torch.arange(n, device=x.device) >= c
+        positions = torch.arange(n, device=x.device) + (self.config.context_frames - c)
+        if self.config.attention == "bidirectional":
+            mask = torch.ones(n, n, dtype=torch.bool, device=x.device)
+        else:
+            mask = ~(~is_target[:, None] & is_target[None, :])  # context never attends to the target
+        v, _ = self._run(torch.cat([context, x], 1), t_tokens, style, is_target, positions, mask)
+        return v[:, c:]
+
+    # ---- streaming with the block-wise KV cache -------------------------------------------------
+    def empty_cache(self, batch: int) -> Cache:
+        cfg = self.config
+        p = next(self.parameters())
+        shape = (batch, cfg.heads, cfg.context_frames, cfg.head_dim)
+        cache = {}
+        for i in range(cfg.depth):
+            cache[f"past_key_values.{i}.key"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            cache[f"past_key_values.{i}.value"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        cache["context_valid"] = torch.zeros(batch, cfg.context_frames, dtype=torch.bool, device=p.device)
+        return cache
+
+    def _cached_pass(self, cache: Cache, x, t, style, target: bool):
+        b, n, _ = x.shape
+        c = self.config.context_frames
+        slots = torch.arange(c + n, device=x.device)
+        # [B, C] valid slots + the new tokens (all valid) -> [B, 1, N, C + N]
+        keys_ok = torch.cat([cache["context_valid"], torch.ones(b, n, dtype=torch.bool, device=x.device)], 1)
+        mask = keys_ok[:, None, None, :].expand(b, 1, n, c + n)
+        t_tokens = t[:, None].expand(b, n) if target else torch.zeros(b, n, device=x.device)
+        is_target = torch.full((n,), target, dtype=torch.bool, device=x.device)
+        return self._run(x, t_tokens, style, is_target, slots[c:], mask, cache, slots[:c])
+
+    def velocity_cached(self, cache: Cache, x, t, style):
+        """Velocity of a target block [B, L, D] at times t [B] against the cached context."""
+        v, _ = self._cached_pass(cache, x, t, style, target=True)
+        return v
+
+    def append_context(self, cache: Cache, frames) -> Cache:
+        """Run a finished clean block [B, L, D] against the cache and slide it into a new cache (window of C frames)."""
+        b, n, _ = frames.shape
+        c = self.config.context_frames
+        style = torch.zeros(b, self.config.style_dim, device=frames.device)
+        _, new_kv = self._cached_pass(cache, frames, torch.zeros(b, device=frames.device), style, target=False)
+        out = {}
+        for i, (k, v) in enumerate(new_kv):
+            for name, new in ((f"past_key_values.{i}.key", k), (f"past_key_values.{i}.value", v)):
+                out[name] = torch.cat([cache[name], new], 2)[:, :, -c:] if c else cache[name]  # [B, H, C, Dh]
+        valid = torch.cat([cache["context_valid"], torch.ones(b, n, dtype=torch.bool, device=frames.device)], 1)
+        out["context_valid"] = valid[:, -c:] if c else cache["context_valid"]
+        return out
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.save(folder)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = folder / (WEIGHTS_NAME + ".tmp")
+        save_file(state, str(tmp), metadata={"format": "pt", "config": CONFIG_NAME})
+        tmp.replace(folder / WEIGHTS_NAME)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str = "cpu", **config_overrides) -> "Denoiser":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        config = ModelConfig.load(folder)
+        if config_overrides:
+            config = config.replace(**config_overrides)
+        path = folder / WEIGHTS_NAME
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing weights file")
+        try:
+            state = load_file(str(path), device=map_location)
+        except (SafetensorError, OSError) as e:
+            raise ConfigError(f"{path}: not a readable safetensors file ({e})") from None
+        model = cls(config)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ConfigError(f"{path}: weights do not match {folder / CONFIG_NAME}: "
+                              f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        return model.to(map_location).eval()

@@ -1,0 +1,46 @@
+"""Runtimes: what runs the denoiser for a Session. One interface, numpy arrays in and out.
+
+A runtime holds the model and answers three calls on a streaming state (the flat dict of named KV-cache tensors,
+see ``model.cache_names``): ``new_state``, ``append_context`` and ``velocity``. The Session never sees torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .config import ModelConfig
+
+BACKENDS = ("torch",)
+
+
+class Runtime(Protocol):
+    name: str
+    config: ModelConfig
+    latent_scale: np.ndarray  # [latent_dim]: model space = codec latents / latent_scale
+
+    def new_state(self, batch: int) -> dict: ...
+
+    def append_context(self, state: dict, frames: np.ndarray) -> dict:
+        """Slide clean frames [B, n, D] (model space) into the cache; returns the new state."""
+
+    def velocity(self, state: dict, x: np.ndarray, t: float, style: np.ndarray) -> np.ndarray:
+        """Velocity [B, L, D] of a target block x [B, L, D] at time t with style [B, S]."""
+
+
+def default_model_dir() -> Path:
+    """The model shipped inside the package, trained by ``lmdm train`` (see docs/TRAINING.md)."""
+    return Path(__file__).parent / "models" / "default"
+
+
+def load_runtime(model: str | Path | None = None, backend: str = "torch", device: str | None = None) -> Runtime:
+    folder = Path(model) if model is not None else default_model_dir()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    if backend == "torch":
+        from .runtime_torch import TorchRuntime
+
+        return TorchRuntime.from_pretrained(folder, device=device)
+    raise ValueError(f"unknown runtime backend {backend!r}; choose one of {BACKENDS}")

@@ -1,0 +1,40 @@
+"""The torch runtime: runs a :class:`~lmdm_engine.model.Denoiser` eagerly under inference mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .model import Denoiser
+
+
+class TorchRuntime:
+    name = "torch"
+
+    def __init__(self, model: Denoiser, device: str | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.latent_scale = model.latent_scale.detach().cpu().numpy().astype(np.float32)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | None = None) -> "TorchRuntime":
+        return cls(Denoiser.from_pretrained(folder), device)
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=self.device)
+
+    def new_state(self, batch: int) -> dict:
+        return self.model.empty_cache(batch)
+
+    @torch.inference_mode()
+    def append_context(self, state: dict, frames: np.ndarray) -> dict:
+        return self.model.append_context(state, self._tensor(frames))
+
+    @torch.inference_mode()
+    def velocity(self, state: dict, x: np.ndarray, t: float, style: np.ndarray) -> np.ndarray:
+        xt = self._tensor(x)
+        tt = torch.full((x.shape[0],), float(t), device=self.device)
+        return self.model.velocity_cached(state, xt, tt, self._tensor(style)).cpu().numpy()

@@ -1,0 +1,226 @@
+"""The generative delay: the streaming unit a host holds (one per track).
+
+    host buffer -> sanitise -> resample to the model rate -> FIFO of model blocks
+      per block: encode -> context = (1 - feedback) * input + feedback * last echo -> KV cache
+                 next echo = sample(noised delayed context, strength, steps, style) -> decode
+    -> resample back -> wet FIFO -> wet/dry mix -> host buffer (same length)
+
+The echo of block k plays during block k + 1: the wet path is delayed by one block (the delay time) plus the
+codec and resampler latencies, reported as ``latency_samples``; the dry path is not delayed. Output is a fixed
+function of the input sample stream, so it never depends on the host's buffer size: blocks are processed the
+moment they fill, and the wet FIFO starts with enough silence that it never runs dry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from pedalboard.io import StreamResampler
+
+from .codec import StreamingCodec
+from .presets import DEFAULT_PRESET, Preset, load_preset, preset_from_dict
+from .runtime import Runtime
+from .sampling import generate_block
+
+# Sanitised input is clipped here: keeps a full-scale or runaway host signal from driving the model off its range.
+INPUT_LIMIT = 2.0
+# Mix changes ramp linearly over this many host samples (no zipper noise or clicks).
+MIX_RAMP_SECONDS = 0.01
+
+
+def _resampler_lag(source_rate: int, target_rate: int) -> int:
+    """Most output samples a StreamResampler holds back when fed one sample at a time (measured, deterministic)."""
+    r = StreamResampler(source_rate, target_rate, 1)
+    ratio = target_rate / source_rate
+    fed = produced = 0
+    lag = 0.0
+    one = np.zeros((1, 1), np.float32)
+    for _ in range(int(4 * source_rate / math.gcd(source_rate, target_rate)) + 512):
+        fed += 1
+        produced += r.process(one).shape[1]
+        lag = max(lag, fed * ratio - produced)
+    return int(math.ceil(lag)) + 1
+
+
+class ChannelResampler:
+    """pedalboard's windowed-sinc StreamResampler, one per channel (its layout guess fails on 1- and 2-frame
+    stereo buffers). Output is chunking-independent and time-aligned with the input."""
+
+    def __init__(self, source_rate: int, target_rate: int, channels: int):
+        self._resamplers = [StreamResampler(source_rate, target_rate, 1) for _ in range(channels)]
+
+    def process(self, audio: np.ndarray) -> np.ndarray:
+        return np.concatenate([r.process(audio[c: c + 1]) for c, r in enumerate(self._resamplers)], 0)
+
+
+class Session:
+    """Generative delay for one track. ``process(buffer)`` takes ``[channels, frames]`` float32 (1-D for mono)."""
+
+    def __init__(self, runtime: Runtime, sample_rate: int, channels: int = 2, preset: Preset | str | None = None,
+                 **overrides):
+        if int(sample_rate) != sample_rate or not 1000 <= sample_rate <= 768000:
+            raise ValueError(f"sample_rate must be an integer in [1000, 768000] Hz, got {sample_rate}")
+        if channels not in (1, 2):
+            raise ValueError(f"channels must be 1 (mono) or 2 (stereo), got {channels}")
+        self.runtime = runtime
+        self.config = runtime.config
+        self.sample_rate = int(sample_rate)
+        self.channels = channels
+        params = preset if isinstance(preset, Preset) else load_preset(preset or DEFAULT_PRESET)
+        self.params = preset_from_dict({**dataclasses.asdict(params), **overrides}, source="session parameters")
+        self._block_frames_for(self.params)  # validate the delay against this model
+        self._latent_scale = runtime.latent_scale[None, None, :]
+        self.reset()
+
+    # ---- parameters -----------------------------------------------------------------------------
+    def _block_frames_for(self, params: Preset) -> int:
+        cfg = self.config
+        frames = int(round(params.delay_seconds * cfg.sample_rate / cfg.hop))
+        if not cfg.min_block_frames <= frames <= cfg.max_block_frames:
+            lo = cfg.min_block_frames * cfg.hop / cfg.sample_rate
+            hi = cfg.max_block_frames * cfg.hop / cfg.sample_rate
+            raise ValueError(f"delay_seconds={params.delay_seconds} is outside this model's range [{lo:.3f}, {hi:.3f}] s")
+        return frames
+
+    def _style_vector(self, params: Preset) -> np.ndarray:
+        vocab = self.config.style_vocab
+        vec = np.zeros(len(vocab), np.float32)
+        for tag, weight in params.style.items():
+            if tag not in vocab:
+                raise ValueError(f"style tag {tag!r} is not in this model's vocabulary {list(vocab)}")
+            vec[vocab.index(tag)] = weight
+        return np.repeat(vec[None], self.channels, 0)
+
+    def set_params(self, **changes) -> None:
+        """Change parameters between blocks (validated like a preset). The delay, strength, steps, sampler and
+        style apply from the next block; the mix ramps over 10 ms; a new seed restarts the noise stream."""
+        if "preset" in changes:
+            base = load_preset(changes.pop("preset"))
+        else:
+            base = self.params
+        merged = {**dataclasses.asdict(base), **changes}
+        params = preset_from_dict(merged, source="session parameters")
+        self._block_frames_for(params)
+        style = self._style_vector(params)
+        if params.seed != self.params.seed:
+            self._rng = np.random.default_rng(params.seed)
+        self.params, self._style = params, style
+
+    def set_preset(self, preset: Preset | str) -> None:
+        p = preset if isinstance(preset, Preset) else load_preset(preset)
+        self.set_params(**dataclasses.asdict(p))
+
+    # ---- latency and state ----------------------------------------------------------------------
+    @property
+    def block_frames(self) -> int:
+        """Latent frames of the block now being collected (= the delay in frames)."""
+        return self._next_frames
+
+    @property
+    def latency_samples(self) -> int:
+        """Host samples from an input sample to its echo in the wet path (delay + codec + resampler)."""
+        model_delay = self._next_frames * self.config.hop + self.config.codec_latency
+        return self._wet_padding + int(round(model_delay * self.sample_rate / self.config.sample_rate))
+
+    def reset(self) -> None:
+        """Forget all audio: fresh codec, cache, FIFOs, resamplers and noise stream (parameters are kept)."""
+        cfg, c = self.config, self.channels
+        self._style = self._style_vector(self.params)
+        self._rng = np.random.default_rng(self.params.seed)
+        self._codec = StreamingCodec(cfg, c)
+        self._cache = self.runtime.new_state(c)
+        self._context = np.zeros((c, cfg.max_block_frames, cfg.latent_dim), np.float32)  # latest context frames
+        self._next_frames = self._block_frames_for(self.params)
+        self._echo = np.zeros((c, self._next_frames, cfg.latent_dim), np.float32)  # echo playing now
+        self._in_fifo = np.zeros((c, 0), np.float32)
+        resampled = self.sample_rate != cfg.sample_rate
+        self._to_model = ChannelResampler(self.sample_rate, cfg.sample_rate, c) if resampled else None
+        self._to_host = ChannelResampler(cfg.sample_rate, self.sample_rate, c) if resampled else None
+        self._wet_padding = (
+            _resampler_lag(self.sample_rate, cfg.sample_rate) * self.sample_rate // cfg.sample_rate + 1
+            + _resampler_lag(cfg.sample_rate, self.sample_rate)
+            if resampled else 0
+        )
+        # the first block plays silence on the wet path: its echo only exists once it has been heard
+        first = np.zeros((c, self._next_frames * cfg.hop), np.float32)
+        self._wet_fifo = [np.zeros((c, self._wet_padding), np.float32), self._to_host_rate(first)]
+        self._wet_available = sum(a.shape[1] for a in self._wet_fifo)
+        self._mix = self.params.mix
+        self.blocks_processed = 0
+        self.input_faults = 0  # buffers that held NaN or Inf (sanitised to silence)
+
+    # ---- processing -----------------------------------------------------------------------------
+    def _to_host_rate(self, audio: np.ndarray) -> np.ndarray:
+        return self._to_host.process(audio) if self._to_host is not None else audio
+
+    def _sanitise(self, buffer) -> np.ndarray:
+        a = np.asarray(buffer)
+        if a.ndim == 1 and self.channels == 1:
+            a = a[None, :]
+        if a.ndim != 2 or a.shape[0] != self.channels:
+            raise ValueError(
+                f"expected a buffer of shape [{self.channels}, frames] (channels first), got shape {a.shape}")
+        if not np.issubdtype(a.dtype, np.floating):
+            raise ValueError(f"expected float audio, got dtype {a.dtype}")
+        a = a.astype(np.float32, copy=True)
+        bad = ~np.isfinite(a)
+        if bad.any():
+            self.input_faults += 1
+            a[bad] = 0.0
+        return a
+
+    def process(self, buffer) -> np.ndarray:
+        """Process one host buffer; returns a buffer of the same shape."""
+        dry = self._sanitise(buffer)
+        n = dry.shape[1]
+        if n == 0:
+            return dry.reshape(np.shape(buffer))
+        model_in = np.clip(dry, -INPUT_LIMIT, INPUT_LIMIT)
+        if self._to_model is not None:
+            model_in = self._to_model.process(model_in)
+        self._in_fifo = np.concatenate([self._in_fifo, model_in], 1)
+        while self._in_fifo.shape[1] >= self._next_frames * self.config.hop:
+            size = self._next_frames * self.config.hop
+            block, self._in_fifo = self._in_fifo[:, :size], self._in_fifo[:, size:]
+            wet = self._to_host_rate(self._process_block(block))
+            self._wet_fifo.append(wet)
+            self._wet_available += wet.shape[1]
+        wet = self._pop_wet(n)
+        out = dry + self._mix_ramp(n)[None, :] * (wet - dry)
+        return out.reshape(np.shape(buffer)) if np.ndim(buffer) == 1 else out
+
+    def _pop_wet(self, n: int) -> np.ndarray:
+        if self._wet_available < n:  # cannot happen: the padding covers the resamplers' worst-case hold-back
+            raise RuntimeError(f"wet FIFO underrun ({self._wet_available} < {n} samples)")
+        wet = np.concatenate(self._wet_fifo, 1)
+        self._wet_fifo = [wet[:, n:]]
+        self._wet_available -= n
+        return wet[:, :n]
+
+    def _mix_ramp(self, n: int) -> np.ndarray:
+        target = self.params.mix
+        step = 1.0 / max(1.0, MIX_RAMP_SECONDS * self.sample_rate)
+        ramp = self._mix + np.sign(target - self._mix) * step * np.arange(1, n + 1)
+        ramp = np.minimum(ramp, target) if target >= self._mix else np.maximum(ramp, target)
+        self._mix = float(ramp[-1])
+        return ramp.astype(np.float32)
+
+    def _process_block(self, block: np.ndarray) -> np.ndarray:
+        """One model block in (model rate), the next echo block out (model rate)."""
+        p, cfg = self.params, self.config
+        heard = self._codec.encode(block) / self._latent_scale  # [C, L, D] model space
+        context = (1.0 - p.feedback) * heard + p.feedback * self._echo
+        self._cache = self.runtime.append_context(self._cache, context)
+        n = context.shape[1]
+        self._context = np.concatenate([self._context[:, n:], context], 1)
+        frames = self._block_frames_for(p)
+        delayed = self._context[:, -frames:]
+        shape = (1, frames, cfg.latent_dim)  # shared noise across channels keeps the echo's stereo image
+        noise = lambda x: np.broadcast_to(self._rng.standard_normal(shape, np.float32), x.shape)
+        echo = generate_block(self.runtime, self._cache, delayed, p.strength, p.steps, p.sampler, self._style, noise)
+        self._echo = np.asarray(echo, np.float32)
+        self._next_frames = frames
+        self.blocks_processed += 1
+        return self._codec.decode(self._echo * self._latent_scale)

@@ -1,0 +1,250 @@
+"""Training: bidirectional block-wise outpainting (the baseline) -> block-causal LMDM fine-tuning.
+
+Rectified flow (x_t = (1 - t) x0 + t n, target v = n - x0), AdamW with warm-up and cosine decay, EMA weights
+(what gets saved as the model), tqdm progress with the loss, and resumable training state written as
+safetensors + JSON (no pickle) every ``checkpoint_every`` steps.
+
+- ``outpaint``: W-1 clean context blocks then one noisy target block, full attention (``bidirectional``).
+- ``lmdm``: initialised from the outpaint checkpoint; sequences of blocks, each noisy block at its own time,
+  under the block-causal mask (``block_causal``): the model the Session streams with a KV cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .config import ModelConfig
+from .data import LatentClips, fit_latent_scale, load_clips
+from .model import Denoiser
+
+STAGES = ("outpaint", "lmdm")
+STAGE_ATTENTION = {"outpaint": "bidirectional", "lmdm": "block_causal"}
+
+
+@dataclass
+class TrainOptions:
+    stage: str = "outpaint"
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 5e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    ema_decay: float = 0.995
+    style_dropout: float = 0.2
+    min_target_frames: int = 8  # training block lengths are drawn from [min, max] (the delay-time range used most)
+    max_target_frames: int = 32
+    max_blocks: int = 6  # lmdm stage: blocks per training sequence
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
+
+
+def sample_times(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Half logit-normal (SD3), half uniform: covers the whole strength range the delay uses."""
+    logit = torch.sigmoid(torch.randn(n, generator=generator))
+    uniform = torch.rand(n, generator=generator)
+    pick = torch.rand(n, generator=generator) < 0.5
+    return torch.where(pick, logit, uniform).clamp(1e-3, 1.0)
+
+
+class Batcher:
+    """Random crops of latent clips in model space (latents / latent_scale)."""
+
+    def __init__(self, clips: LatentClips, config: ModelConfig, options: TrainOptions, latent_scale: np.ndarray):
+        self.clips, self.config, self.options = clips, config, options
+        self.scale = latent_scale
+        self.rng = np.random.default_rng(options.seed)
+        frames = clips.latents.shape[1]
+        need = config.context_frames + options.max_target_frames
+        if frames < need:
+            raise ValueError(f"clips have {frames} latent frames; training needs at least {need}")
+
+    def _crops(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        n, frames = self.options.batch_size, self.clips.latents.shape[1]
+        idx = self.rng.integers(0, len(self.clips), n)
+        starts = self.rng.integers(0, frames - length + 1, n)
+        x = np.stack([self.clips.latents[i, s:s + length] for i, s in zip(idx, starts)]).astype(np.float32)
+        style = self.clips.styles[idx].astype(np.float32)
+        style[self.rng.random(n) < self.options.style_dropout] = 0.0
+        return x / self.scale, style
+
+    def next(self) -> dict:
+        o, c = self.options, self.config.context_frames
+        length = int(self.rng.integers(o.min_target_frames, o.max_target_frames + 1))
+        if o.stage == "outpaint":
+            # sometimes a shorter context, as at the start of a stream
+            ctx = c if self.rng.random() > 0.1 else int(self.rng.integers(0, c + 1))
+            x, style = self._crops(ctx + length)
+            return {"context": x[:, :ctx], "target": x[:, ctx:], "style": style}
+        blocks = max(1, min(o.max_blocks, self.clips.latents.shape[1] // length))
+        x, style = self._crops(blocks * length)
+        return {"clean": x, "style": style, "block_frames": length}
+
+
+def flow_loss(model: Denoiser, batch: dict, generator: torch.Generator) -> torch.Tensor:
+    """Rectified-flow velocity MSE on the noisy target frames. Random draws come from the CPU ``generator``
+    (reproducible on any device) and move to the model's device with the batch."""
+    dev = next(model.parameters()).device
+    style = torch.from_numpy(batch["style"]).to(dev)
+    if "context" in batch:
+        x0 = torch.from_numpy(batch["target"]).to(dev)
+        t = sample_times(x0.shape[0], generator).to(dev)
+        noise = torch.randn(x0.shape, generator=generator).to(dev)
+        xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+        v = model.velocity_outpaint(torch.from_numpy(batch["context"]).to(dev), xt, t, style)
+    else:
+        x0 = torch.from_numpy(batch["clean"]).to(dev)
+        b, frames, _ = x0.shape
+        block = batch["block_frames"]
+        t_blocks = sample_times(b * (frames // block), generator).view(b, -1).to(dev)
+        t = t_blocks.repeat_interleave(block, 1)[..., None]  # [B, blocks] -> [B, T, 1]
+        noise = torch.randn(x0.shape, generator=generator).to(dev)
+        xt = (1 - t) * x0 + t * noise
+        v = model.velocity_sequence(x0, xt, t_blocks, style, block)
+    return torch.mean((v - (noise - x0)) ** 2)
+
+
+# ---- resumable state (safetensors + JSON) -----------------------------------------------------------
+def _save_state(folder: Path, model, ema, optimizer, step: int, batcher: Batcher, generator, elapsed: float):
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [n for n, _ in model.named_parameters()]
+    opt_tensors = {}
+    for i, name in enumerate(names):
+        st = optimizer.state.get(optimizer.param_groups[0]["params"][i], {})
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            if key in st:
+                opt_tensors[f"{name}.{key}"] = st[key].detach().reshape(-1).clone() if key == "step" else st[key]
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
+    tensors["rng.torch"] = generator.get_state()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "state.tmp"))
+    (folder / "state.tmp").replace(folder / "state.safetensors")
+    meta = {"step": step, "elapsed": elapsed, "numpy_rng": batcher.rng.bit_generator.state}
+    (folder / "state.json").write_text(json.dumps(meta))
+
+
+def _load_state(folder: Path, model, ema, optimizer, batcher: Batcher, generator) -> tuple[int, float]:
+    tensors = load_file(str(folder / "state.safetensors"))
+    meta = json.loads((folder / "state.json").read_text())
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    for i, (name, _) in enumerate(model.named_parameters()):
+        p = optimizer.param_groups[0]["params"][i]
+        if f"optim.{name}.exp_avg" in tensors:
+            optimizer.state[p] = {
+                "step": tensors[f"optim.{name}.step"].reshape(()),
+                "exp_avg": tensors[f"optim.{name}.exp_avg"],
+                "exp_avg_sq": tensors[f"optim.{name}.exp_avg_sq"],
+            }
+    generator.set_state(tensors["rng.torch"])
+    batcher.rng.bit_generator.state = meta["numpy_rng"]
+    return meta["step"], meta["elapsed"]
+
+
+def _lr(options: TrainOptions, step: int) -> float:
+    if step < options.warmup:
+        return options.lr * (step + 1) / options.warmup
+    progress = (step - options.warmup) / max(1, options.steps - options.warmup)
+    return options.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def build_model(options: TrainOptions, config: ModelConfig | None, init: str | Path | None,
+                clips: LatentClips) -> Denoiser:
+    """A new model for the stage: from ``init`` (the previous stage's model) or fresh from ``config``."""
+    attention = STAGE_ATTENTION[options.stage]
+    if init is not None:
+        model = Denoiser.from_pretrained(init, attention=attention)
+    else:
+        if config is None:
+            raise ValueError("a fresh model needs a config (or pass init=the previous stage's model)")
+        model = Denoiser(config.replace(attention=attention))
+        model.latent_scale.copy_(torch.from_numpy(fit_latent_scale(clips)))
+    model.config.extra = {**model.config.extra, "stage": options.stage}
+    return model
+
+
+def train(out_dir: str | Path, data: str | Path, options: TrainOptions, config: ModelConfig | None = None,
+          init: str | Path | None = None, device: str | None = None, progress: bool = True) -> Path:
+    """Train one stage into ``out_dir`` (``model/``, ``train_state/``, ``log.jsonl``); resumes if state exists.
+
+    Returns the folder of the trained (EMA) model.
+    """
+    if options.stage not in STAGES:
+        raise ValueError(f"unknown stage {options.stage!r}; choose one of {STAGES}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    state_dir, model_dir = out_dir / "train_state", out_dir / "model"
+    resuming = (state_dir / "state.json").is_file()
+    if resuming:  # the saved model folder carries the config, whatever the caller passed
+        config, init = ModelConfig.load(model_dir), None
+    probe_config = config or ModelConfig.load(init)
+    clips = load_clips(data, probe_config, "train")
+    model = build_model(options, config, init, clips)
+    model.config.extra = {**model.config.extra, "data": str(data), "options": dataclasses.asdict(options)}
+    ema = Denoiser(model.config)
+    ema.load_state_dict(model.state_dict())
+    batcher = Batcher(clips, model.config, options, model.latent_scale.numpy())
+    generator = torch.Generator().manual_seed(options.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay,
+                                  betas=(0.9, 0.99))
+    step, elapsed = 0, 0.0
+    if resuming:
+        step, elapsed = _load_state(state_dir, model, ema, optimizer, batcher, generator)
+    (out_dir / "options.json").write_text(json.dumps(dataclasses.asdict(options), indent=2))
+    model.to(dev).train()
+    ema.to(dev).eval()
+    log = (out_dir / "log.jsonl").open("a")
+    bar = tqdm(total=options.steps, initial=step, desc=f"train {options.stage}", disable=not progress)
+    start, last_loss = time.time() - elapsed, float("nan")
+
+    def checkpoint():
+        _save_state(state_dir, model.cpu(), ema.cpu(), optimizer, step, batcher, generator, time.time() - start)
+        ema.save_pretrained(model_dir)
+        model.to(dev), ema.to(dev)
+
+    while step < options.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(options, step)
+        loss = flow_loss(model, batcher.next(), generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - options.ema_decay)
+        step += 1
+        last_loss = loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_loss:.4f}")
+        if step % options.log_every == 0 or step == options.steps:
+            log.write(json.dumps({"step": step, "loss": last_loss, "lr": _lr(options, step - 1),
+                                  "seconds": round(time.time() - start, 1)}) + "\n")
+            log.flush()
+        out_of_time = options.max_minutes > 0 and time.time() - start > 60 * options.max_minutes
+        if step % options.checkpoint_every == 0 or step == options.steps or out_of_time:
+            checkpoint()
+        if out_of_time:
+            bar.write(f"stopping at step {step}: --max-minutes {options.max_minutes} reached (resume to continue)")
+            break
+    bar.close()
+    log.close()
+    if not (model_dir / "model.safetensors").is_file():
+        checkpoint()
+    return model_dir
+
