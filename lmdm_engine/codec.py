@@ -1,7 +1,13 @@
-"""Streaming spectral codec: amplitude-compressed complex STFT with overlap-add state.
+"""Streaming spectral codec: amplitude-compressed STFT with phase advances, and overlap-add state.
 
 Needs no learned weights, reconstructs exactly (float round-off only), and is numpy-only so the effect path
 never imports torch. The STFT is a matrix product with a fixed real basis, which the ONNX exporter can reuse.
+
+Latent of bin k in frame j: ``|X_jk|^compression * gain * exp(i (phi_jk - phi_(j-1)k - 2 pi k hop / n_fft))``,
+real and imaginary parts stacked. Absolute STFT phase is close to random from frame to frame, so a model cannot
+predict it from context; its advance relative to the bin's own rotation (the instantaneous-frequency deviation)
+is constant for a sustained partial, so sustained sound has stationary latents a small model can continue.
+The encoder and the decoder each carry the previous frame's phase per bin as state.
 
 Frame ``j`` of a stream covers samples ``[j*hop - (n_fft-hop), j*hop + hop)``: encoding needs no look-ahead (the
 previous ``n_fft - hop`` samples are the encoder state), and decoding is the windowed overlap-add whose last
@@ -14,7 +20,8 @@ import numpy as np
 
 from .config import ModelConfig
 
-_EPS = 1e-12
+# Bump when the latent representation changes: cached training latents are keyed on it.
+CODEC_VERSION = "phase-advance-1"
 
 
 class CodecBasis:
@@ -37,20 +44,32 @@ class CodecBasis:
         self.synthesis = self.synthesis.astype(np.float32)
 
 
-def compress(spec: np.ndarray, bins: int, power: float, gain: float) -> np.ndarray:
-    """[.., 2*bins] re|im -> latent: magnitude raised to ``power`` (phase kept), times ``gain``."""
+def bin_advance(config: ModelConfig) -> np.ndarray:
+    """Phase a bin's own frequency advances by in one hop: 2 pi k hop / n_fft, [bins]."""
+    return (2 * np.pi * np.arange(config.n_fft // 2 + 1) * config.hop / config.n_fft).astype(np.float32)
+
+
+def to_latent(spec: np.ndarray, prev_phase: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """STFT frames [C, F, 2*bins] (re | im) -> (latents [C, F, 2*bins], phase of the last frame [C, bins])."""
+    bins = config.n_fft // 2 + 1
     re, im = spec[..., :bins], spec[..., bins:]
     mag = np.sqrt(re * re + im * im)
-    factor = gain * (mag + _EPS) ** (power - 1.0)
-    return np.concatenate([re * factor, im * factor], -1)
+    phase = np.arctan2(im, re)  # [C, F, bins]
+    before = np.concatenate([prev_phase[:, None, :], phase[:, :-1]], 1)  # previous frame's phase
+    step = phase - before - bin_advance(config)
+    amp = config.latent_gain * mag**config.compression
+    return np.concatenate([amp * np.cos(step), amp * np.sin(step)], -1), phase[:, -1]
 
 
-def expand(latent: np.ndarray, bins: int, power: float, gain: float) -> np.ndarray:
-    """Inverse of :func:`compress`."""
-    re, im = latent[..., :bins] / gain, latent[..., bins:] / gain
-    mag_c = np.sqrt(re * re + im * im)
-    factor = (mag_c + _EPS) ** (1.0 / power - 1.0)
-    return np.concatenate([re * factor, im * factor], -1)
+def from_latent(latent: np.ndarray, prev_phase: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`to_latent`: latents [C, F, 2*bins] -> (STFT frames re | im, phase of the last frame)."""
+    bins = config.n_fft // 2 + 1
+    re, im = latent[..., :bins], latent[..., bins:]
+    mag = (np.sqrt(re * re + im * im) / config.latent_gain) ** (1.0 / config.compression)
+    step = np.arctan2(im, re) + bin_advance(config)
+    phase = prev_phase[:, None, :] + np.cumsum(step, 1)  # [C, F, bins]
+    phase = np.mod(phase + np.pi, 2 * np.pi) - np.pi  # keep the running phase bounded in endless streams
+    return np.concatenate([mag * np.cos(phase), mag * np.sin(phase)], -1), phase[:, -1]
 
 
 class StreamingCodec:
@@ -72,9 +91,12 @@ class StreamingCodec:
 
     def reset(self) -> None:
         overlap = self.config.n_fft - self.config.hop
+        bins = self.config.n_fft // 2 + 1
         self.state = {
             "encoder_history": np.zeros((self.channels, overlap), np.float32),
+            "encoder_phase": np.zeros((self.channels, bins), np.float32),
             "decoder_overlap": np.zeros((self.channels, overlap), np.float32),
+            "decoder_phase": np.zeros((self.channels, bins), np.float32),
         }
 
     def _check_chunk(self, audio: np.ndarray) -> None:
@@ -92,7 +114,8 @@ class StreamingCodec:
         # [C, overlap + S] -> [C, frames, n_fft] strided windows, one per hop
         idx = np.arange(frames)[:, None] * cfg.hop + np.arange(cfg.n_fft)[None, :]
         windows = buf[:, idx]
-        return compress(windows @ self.basis.analysis, self.bins, cfg.compression, cfg.latent_gain)
+        latents, self.state["encoder_phase"] = to_latent(windows @ self.basis.analysis, self.state["encoder_phase"], cfg)
+        return latents.astype(np.float32)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         cfg = self.config
@@ -100,7 +123,8 @@ class StreamingCodec:
             raise ValueError(f"codec expects latents [{self.channels}, frames, {cfg.latent_dim}], got {latents.shape}")
         frames = latents.shape[1]
         # [C, frames, latent_dim] -> [C, frames, n_fft] windowed time segments
-        segments = expand(latents.astype(np.float32), self.bins, cfg.compression, cfg.latent_gain) @ self.basis.synthesis
+        spec, self.state["decoder_phase"] = from_latent(latents.astype(np.float32), self.state["decoder_phase"], cfg)
+        segments = spec.astype(np.float32) @ self.basis.synthesis
         out = np.zeros((self.channels, (frames + 1) * cfg.hop), np.float32)
         out[:, : cfg.hop] = self.state["decoder_overlap"]
         # 50% overlap: each segment is two hops, its first half completes the previous one's second half
@@ -118,7 +142,9 @@ def encode_clip(config: ModelConfig, audio: np.ndarray) -> np.ndarray:
 
 
 def decode_clip(config: ModelConfig, latents: np.ndarray) -> np.ndarray:
-    """Decode ``[frames, D]`` from a fresh state, dropping the codec latency so it aligns with the source clip."""
+    """Decode ``[frames, D]`` from a fresh state, dropping the codec latency so it aligns with the source clip.
+
+    Exact except the last ``hop`` samples, which lack the next frame's overlapping window (they fade out)."""
     codec = StreamingCodec(config, 1)
     audio = codec.decode(latents[None])[0]
     tail = codec.decode(np.zeros((1, 1, config.latent_dim), np.float32))[0]

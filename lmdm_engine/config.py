@@ -146,7 +146,7 @@ class ModelConfig:
 
 def debug_config(**overrides) -> ModelConfig:
     """A tiny config that builds in milliseconds, for tests."""
-    base = dict(sample_rate=4000, n_fft=64, hop=32, width=32, depth=2, heads=2, block_frames=16, window_blocks=3,
+    base = dict(sample_rate=8000, n_fft=64, hop=32, width=32, depth=2, heads=2, block_frames=16, window_blocks=3,
                 min_block_frames=4)
     base.update(overrides)
     return ModelConfig(**base)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .codec import encode_clip
+from .codec import CODEC_VERSION, encode_clip
 from .config import ModelConfig
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3")
@@ -30,7 +30,7 @@ class LatentClips:
 
 
 def _codec_key(config: ModelConfig) -> str:
-    fields = (config.sample_rate, config.n_fft, config.hop, config.compression, config.latent_gain)
+    fields = (CODEC_VERSION, config.sample_rate, config.n_fft, config.hop, config.compression, config.latent_gain)
     return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:10]
 
 

@@ -49,6 +49,7 @@ class TrainOptions:
     log_every: int = 10
     checkpoint_every: int = 200
     max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
+    threads: int = 0  # CPU threads; 0 = all cores (1 makes CPU runs bit-reproducible)
 
 
 def sample_times(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -170,7 +171,9 @@ def build_model(options: TrainOptions, config: ModelConfig | None, init: str | P
     else:
         if config is None:
             raise ValueError("a fresh model needs a config (or pass init=the previous stage's model)")
-        model = Denoiser(config.replace(attention=attention))
+        with torch.random.fork_rng():  # the initial weights follow options.seed, whatever ran before
+            torch.manual_seed(options.seed)
+            model = Denoiser(config.replace(attention=attention))
         model.latent_scale.copy_(torch.from_numpy(fit_latent_scale(clips)))
     model.config.extra = {**model.config.extra, "stage": options.stage}
     return model
@@ -186,7 +189,7 @@ def train(out_dir: str | Path, data: str | Path, options: TrainOptions, config: 
         raise ValueError(f"unknown stage {options.stage!r}; choose one of {STAGES}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(options.threads or os.cpu_count() or 1)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     state_dir, model_dir = out_dir / "train_state", out_dir / "model"
     resuming = (state_dir / "state.json").is_file()

@@ -1,0 +1,100 @@
+"""Real-time factor of a full Session (resampling, codec, KV cache, sampling) with the shipped default model on CPU.
+
+For each shipped preset (or ``--preset``), mono and stereo, a Session at ``--sample-rate`` (48 kHz) processes a test
+signal (decaying sine notes plus a little noise) in host buffers of ``--buffer`` frames, after a 1 s warm-up.
+Reported: audio seconds, wall seconds, real-time factor (audio s / wall s), the mean and p99 time of the
+process() calls that produced a model block, and the peak RSS of this process so far.
+
+    python benchmarks/bench_realtime.py [--preset NAME] [--sample-rate 48000] [--seconds 20] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+
+import numpy as np
+import torch
+
+from _common import machine, print_table
+from lmdm_engine.config import ModelConfig
+from lmdm_engine.model import Denoiser
+from lmdm_engine.presets import shipped_presets
+from lmdm_engine.runtime import default_model_dir, load_runtime
+from lmdm_engine.runtime_torch import TorchRuntime
+from lmdm_engine.session import Session
+
+WARMUP_SECONDS = 1.0
+NOTES_HZ = (220.0, 277.2, 329.6, 440.0, 392.0)
+
+
+def test_signal(seconds: float, sample_rate: int, channels: int, seed: int = 0) -> np.ndarray:
+    """[channels, frames] float32: a decaying sine note every 0.5 s (cycling through NOTES_HZ) plus noise."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sample_rate)
+    t = np.arange(n) / sample_rate
+    onset = np.floor(t / 0.5)
+    since = t - onset * 0.5
+    freq = np.asarray(NOTES_HZ)[onset.astype(int) % len(NOTES_HZ)]
+    notes = 0.4 * np.sin(2 * np.pi * freq * since) * np.exp(-6.0 * since)
+    return (notes[None, :] + 0.01 * rng.standard_normal((channels, n))).astype(np.float32)
+
+
+def runtime_for(model: str | None):
+    """The requested (or shipped) model; without a shipped model, random weights of the default config."""
+    if model is not None or default_model_dir().is_dir():
+        return load_runtime(model, device="cpu"), str(model or default_model_dir())
+    print(f"note: no shipped model at {default_model_dir()} (train one: scripts/train_default_model.sh); "
+          "timing random weights of ModelConfig() instead, which cost the same per block")
+    return TorchRuntime(Denoiser(ModelConfig()), device="cpu"), "random weights, ModelConfig()"
+
+
+def run(runtime, preset: str, channels: int, sample_rate: int, seconds: float, buffer: int) -> list[str]:
+    session = Session(runtime, sample_rate, channels, preset)
+    audio = test_signal(WARMUP_SECONDS + seconds, sample_rate, channels)
+    warm = int(WARMUP_SECONDS * sample_rate)
+    session.process(audio[:, :warm])
+    block_ms = []
+    start = time.perf_counter()
+    for i in range(warm, audio.shape[1], buffer):
+        blocks = session.blocks_processed
+        call = time.perf_counter()
+        session.process(audio[:, i: i + buffer])
+        elapsed = time.perf_counter() - call
+        if session.blocks_processed > blocks:
+            block_ms.append(1000 * elapsed / (session.blocks_processed - blocks))
+    wall = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    params = session.params
+    return [preset, str(channels), str(params.steps), f"{1000 * params.delay_seconds:.0f}", f"{seconds:.1f}",
+            f"{wall:.2f}", f"{seconds / wall:.2f}x", f"{np.mean(block_ms):.1f}", f"{np.percentile(block_ms, 99):.1f}",
+            f"{peak_mib:.0f}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default=None, help="one shipped preset name (default: all of them)")
+    parser.add_argument("--sample-rate", type=int, default=48000, help="host sample rate in Hz")
+    parser.add_argument("--seconds", type=float, default=20.0, help="seconds of test signal timed per run")
+    parser.add_argument("--buffer", type=int, default=512, help="host buffer size in frames")
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    args = parser.parse_args()
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    runtime, source = runtime_for(args.model)
+    presets = [args.preset] if args.preset else list(shipped_presets())
+    print(f"machine: {machine()}")
+    print(f"model: {source}; host {args.sample_rate} Hz, buffer {args.buffer} frames; "
+          f"{args.seconds:g} s per run after {WARMUP_SECONDS:g} s warm-up")
+    rows = [run(runtime, preset, channels, args.sample_rate, args.seconds, args.buffer)
+            for preset in presets for channels in (1, 2)]
+    headers = ["preset", "ch", "steps", "delay ms", "audio s", "wall s", "RTF", "block mean ms", "block p99 ms",
+               "peak RSS MiB"]
+    print_table(headers, rows, args.markdown)
+
+
+if __name__ == "__main__":
+    main()
