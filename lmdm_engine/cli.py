@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(p)
     p.add_argument("--clips", type=int, default=128)
     p.add_argument("--blocks", type=int, default=2)
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--sampler", default="pingpong", choices=["euler", "pingpong"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", default=None, help="write the figures as JSON")

@@ -45,8 +45,12 @@ class CodecBasis:
 
 
 def bin_advance(config: ModelConfig) -> np.ndarray:
-    """Phase a bin's own frequency advances by in one hop: 2 pi k hop / n_fft, [bins]."""
-    return (2 * np.pi * np.arange(config.n_fft // 2 + 1) * config.hop / config.n_fft).astype(np.float32)
+    """Phase a bin's own frequency advances by in one hop, 2 pi k hop / n_fft, reduced mod 2 pi: [bins] float64.
+
+    Unreduced, high bins advance by ~1,600 rad a hop, where float32 resolves only ~1e-4 rad, and the decoder's
+    running phase would random-walk away from the encoder's over a long stream."""
+    k = np.arange(config.n_fft // 2 + 1)
+    return np.mod(2 * np.pi * k * config.hop / config.n_fft, 2 * np.pi)
 
 
 def to_latent(spec: np.ndarray, prev_phase: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +58,7 @@ def to_latent(spec: np.ndarray, prev_phase: np.ndarray, config: ModelConfig) -> 
     bins = config.n_fft // 2 + 1
     re, im = spec[..., :bins], spec[..., bins:]
     mag = np.sqrt(re * re + im * im)
-    phase = np.arctan2(im, re)  # [C, F, bins]
+    phase = np.arctan2(im, re).astype(np.float64)  # [C, F, bins]
     before = np.concatenate([prev_phase[:, None, :], phase[:, :-1]], 1)  # previous frame's phase
     step = phase - before - bin_advance(config)
     amp = config.latent_gain * mag**config.compression
@@ -66,8 +70,8 @@ def from_latent(latent: np.ndarray, prev_phase: np.ndarray, config: ModelConfig)
     bins = config.n_fft // 2 + 1
     re, im = latent[..., :bins], latent[..., bins:]
     mag = (np.sqrt(re * re + im * im) / config.latent_gain) ** (1.0 / config.compression)
-    step = np.arctan2(im, re) + bin_advance(config)
-    phase = prev_phase[:, None, :] + np.cumsum(step, 1)  # [C, F, bins]
+    step = np.arctan2(im, re).astype(np.float64) + bin_advance(config)
+    phase = prev_phase[:, None, :] + np.cumsum(step, 1)  # [C, F, bins], float64 so it does not drift
     phase = np.mod(phase + np.pi, 2 * np.pi) - np.pi  # keep the running phase bounded in endless streams
     return np.concatenate([mag * np.cos(phase), mag * np.sin(phase)], -1), phase[:, -1]
 
@@ -94,9 +98,9 @@ class StreamingCodec:
         bins = self.config.n_fft // 2 + 1
         self.state = {
             "encoder_history": np.zeros((self.channels, overlap), np.float32),
-            "encoder_phase": np.zeros((self.channels, bins), np.float32),
+            "encoder_phase": np.zeros((self.channels, bins), np.float64),
             "decoder_overlap": np.zeros((self.channels, overlap), np.float32),
-            "decoder_phase": np.zeros((self.channels, bins), np.float32),
+            "decoder_phase": np.zeros((self.channels, bins), np.float64),
         }
 
     def _check_chunk(self, audio: np.ndarray) -> None:

@@ -43,3 +43,15 @@ def test_shape_errors():
         codec.encode(np.zeros((1, cfg.hop), np.float32))
     with pytest.raises(ValueError, match="latents"):
         codec.decode(np.zeros((2, 3, cfg.latent_dim + 1), np.float32))
+
+
+def test_no_drift_over_a_long_stream():
+    """The decoder's running phase must not drift: 20,000 frames in, the last second is still exact."""
+    cfg = debug_config()
+    codec = StreamingCodec(cfg, 1)
+    audio = np.tile(tone(1.0, cfg.sample_rate, channels=1), (1, 80))  # 80 s, 20,000 frames
+    block = 25 * cfg.hop
+    n = audio.shape[1] // block * block
+    out = np.concatenate([codec.decode(codec.encode(audio[:, i:i + block])) for i in range(0, n, block)], 1)
+    lat, last = codec.latency_samples, cfg.sample_rate
+    assert snr_db(audio[:, n - last - lat:n - lat], out[:, n - last:n]) > 50.0
