@@ -7,16 +7,16 @@ For each window W (blocks attended to: the target and W-1 blocks of context) the
   of ``velocity_cached`` against a full cache (filled with W-1 blocks before timing);
 - outpaint: ``steps`` calls of ``velocity_outpaint`` that recompute the (W-1)-block context at every step.
 
-Each is timed with time.perf_counter after a warm-up; the table gives the median ms per block over ``--repeats``,
-the ratio outpaint / cached, and the cached cost relative to W=1 (it should stay flat while outpainting grows).
+Each is timed with time.perf_counter after a warm-up, the repeats going round-robin over all windows; the table
+gives the median ms per block, the ratio outpaint / cached, the cached cost relative to W=1 (it should stay flat
+while outpainting grows) and the cached real-time factor (block duration / cached time).
 
-    python benchmarks/bench_cache.py [--steps 6] [--repeats 30] [--max-window 8] [--markdown]
+    python benchmarks/bench_cache.py [--steps N] [--repeats 60] [--max-window 8] [--threads N] [--markdown]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -31,19 +31,8 @@ from lmdm_engine.runtime import default_model_dir
 WARMUP = 3
 
 
-def median_ms(fn, repeats: int) -> float:
-    for _ in range(WARMUP):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
-def block_costs(config: ModelConfig, steps: int, repeats: int) -> tuple[float, float]:
-    """(cached, outpaint) median ms to generate one block with this config's window."""
+def block_runners(config: ModelConfig, steps: int):
+    """(cached, outpaint): functions that each generate one block with this config's window."""
     model = Denoiser(config).eval()
     length, dim = config.block_frames, config.latent_dim
     block = torch.randn(1, length, dim)
@@ -64,35 +53,51 @@ def block_costs(config: ModelConfig, steps: int, repeats: int) -> tuple[float, f
         for _ in range(steps):
             model.velocity_outpaint(context, x, t, style)
 
-    return median_ms(cached, repeats), median_ms(outpaint, repeats)
+    return cached, outpaint
+
+
+def median_ms(runners: list, repeats: int) -> list[float]:
+    """Median ms of each runner. Repeats go round-robin over all runners, so a slow spell of the machine
+    (frequent on shared virtual CPUs) hits every runner alike instead of one window."""
+    for fn in runners:
+        for _ in range(WARMUP):
+            fn()
+    times = [[] for _ in runners]
+    for _ in range(repeats):
+        for fn, samples in zip(runners, times):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+    return [1000 * statistics.median(samples) for samples in times]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=load_preset(DEFAULT_PRESET).steps,
                         help="denoising steps per block (default: the default preset's)")
-    parser.add_argument("--repeats", type=int, default=30, help="timed repeats per measurement (median reported)")
+    parser.add_argument("--repeats", type=int, default=60, help="timed repeats per measurement (median reported)")
     parser.add_argument("--max-window", type=int, default=8, help="largest window W in blocks")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the runtime uses)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     args = parser.parse_args()
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     shipped = default_model_dir()
     base = ModelConfig.load(shipped) if shipped.is_dir() else ModelConfig()
     block_ms = 1000 * base.block_frames * base.hop / base.sample_rate
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; {args.threads} torch threads")
     print(f"config: {'shipped' if shipped.is_dir() else 'ModelConfig() defaults'} (width {base.width}, "
           f"depth {base.depth}); block {base.block_frames} frames = {block_ms:.1f} ms; steps {args.steps}; "
           f"mono; median of {args.repeats}")
 
-    rows, cached_w1 = [], None
+    windows = range(1, args.max_window + 1)
     with torch.inference_mode():
-        for window in range(1, args.max_window + 1):
-            config = base.replace(window_blocks=window)
-            cached, outpaint = block_costs(config, args.steps, args.repeats)
-            cached_w1 = cached_w1 or cached
-            rows.append([str(window), str(config.context_frames), f"{cached:.2f}", f"{outpaint:.2f}",
-                         f"{outpaint / cached:.2f}x", f"{cached / cached_w1:.2f}", f"{block_ms / cached:.1f}x"])
+        runners = [fn for w in windows for fn in block_runners(base.replace(window_blocks=w), args.steps)]
+        costs = median_ms(runners, args.repeats)
+    rows = []
+    for window, cached, outpaint in zip(windows, costs[0::2], costs[1::2]):
+        rows.append([str(window), str((window - 1) * base.block_frames), f"{cached:.2f}", f"{outpaint:.2f}",
+                     f"{outpaint / cached:.2f}x", f"{cached / costs[0]:.2f}", f"{block_ms / cached:.1f}x"])
     headers = ["W", "context frames", "cached ms/block", "outpaint ms/block", "outpaint/cached",
                "cached vs W=1", "cached RTF"]
     print_table(headers, rows, args.markdown)

@@ -5,13 +5,12 @@ signal (decaying sine notes plus a little noise) in host buffers of ``--buffer``
 Reported: audio seconds, wall seconds, real-time factor (audio s / wall s), the mean and p99 time of the
 process() calls that produced a model block, and the peak RSS of this process so far.
 
-    python benchmarks/bench_realtime.py [--preset NAME] [--sample-rate 48000] [--seconds 20] [--markdown]
+    python benchmarks/bench_realtime.py [--preset NAME] [--sample-rate 48000] [--seconds 20] [--threads N] [--markdown]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import time
 
@@ -80,13 +79,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds of test signal timed per run")
     parser.add_argument("--buffer", type=int, default=512, help="host buffer size in frames")
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the runtime uses)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     args = parser.parse_args()
 
-    torch.set_num_threads(os.cpu_count() or 1)
     runtime, source = runtime_for(args.model)
+    torch.set_num_threads(args.threads)  # after the runtime, which sets its own default
     presets = [args.preset] if args.preset else list(shipped_presets())
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; {args.threads} torch threads")
     print(f"model: {source}; host {args.sample_rate} Hz, buffer {args.buffer} frames; "
           f"{args.seconds:g} s per run after {WARMUP_SECONDS:g} s warm-up")
     rows = [run(runtime, preset, channels, args.sample_rate, args.seconds, args.buffer)

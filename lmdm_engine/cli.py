@@ -49,20 +49,26 @@ def cmd_process(args) -> int:
         session = Session(runtime, info.samplerate, info.channels, args.preset, **_parse_set(args.set))
     except (PresetError, ValueError) as e:
         raise SystemExit(str(e))
+    if dst.suffix.lower() not in (".wav", ".flac"):
+        raise SystemExit(f"{dst}: write .wav or .flac")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".partial")
     dry, wet = [], []
     start = time.time()
-    with sf.SoundFile(str(src)) as fin, sf.SoundFile(str(tmp), "w", info.samplerate, info.channels,
-                                                     subtype=args.subtype, format=dst.suffix[1:].upper() or "WAV") as fout:
-        with tqdm(total=info.frames, unit="frame", unit_scale=True, desc=src.name, disable=args.quiet) as bar:
-            for chunk in fin.blocks(blocksize=args.buffer, dtype="float32", always_2d=True):
-                out = session.process(chunk.T)  # [frames, ch] -> [ch, frames]
-                fout.write(out.T)
-                bar.update(chunk.shape[0])
-                if args.spectrogram:
-                    dry.append(chunk.mean(1))
-                    wet.append(out.mean(0))
+    try:
+        with sf.SoundFile(str(src)) as fin, sf.SoundFile(str(tmp), "w", info.samplerate, info.channels,
+                                                         subtype=args.subtype, format=dst.suffix[1:].upper()) as fout:
+            with tqdm(total=info.frames, unit="frame", unit_scale=True, desc=src.name, disable=args.quiet) as bar:
+                for chunk in fin.blocks(blocksize=args.buffer, dtype="float32", always_2d=True):
+                    out = session.process(chunk.T)  # [frames, ch] -> [ch, frames]
+                    fout.write(out.T)
+                    bar.update(chunk.shape[0])
+                    if args.spectrogram:
+                        dry.append(chunk.mean(1))
+                        wet.append(out.mean(0))
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written output behind
+        raise
     tmp.replace(dst)
     seconds = info.frames / info.samplerate
     elapsed = time.time() - start

@@ -17,6 +17,7 @@ rotates them by slot (``0..C-1``, target at ``C..``), so positions stay bounded 
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -54,12 +55,22 @@ def timestep_features(t: torch.Tensor, dim: int = 128) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], -1)
 
 
+@functools.lru_cache(maxsize=16)
+def _rotary_table(length: int, half: int, base: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every position below ``length``: two [length, half] tables, computed once."""
+    inv = base ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
+    ang = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv[None, :]
+    return ang.cos(), ang.sin()
+
+
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotate-half RoPE. x [B, H, N, Dh], positions [N] (float)."""
+    """Rotate-half RoPE. x [B, H, N, Dh], positions [N] (integer)."""
+    if positions.numel() == 0:  # an empty cache (window of one block)
+        return x
     half = x.shape[-1] // 2
-    inv = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    ang = positions.float()[:, None] * inv[None, :]  # [N, Dh/2]
-    cos, sin = ang.cos(), ang.sin()
+    length = 1 << int(positions.max()).bit_length()  # power-of-two table lengths: few cache entries
+    cos_table, sin_table = _rotary_table(length, half, base, x.device)
+    cos, sin = cos_table[positions], sin_table[positions]  # [N, Dh/2]
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
 

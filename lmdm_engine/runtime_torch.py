@@ -11,9 +11,14 @@ from .model import Denoiser
 
 
 class TorchRuntime:
+    """``threads`` sets torch's CPU threads: 1 by default, because one block is too small to share out
+    (benchmarks/bench_realtime.py: a 2-core CPU runs the Session 2 to 3.5 times faster on one thread than on two)."""
+
     name = "torch"
 
-    def __init__(self, model: Denoiser, device: str | None = None):
+    def __init__(self, model: Denoiser, device: str | None = None, threads: int = 1):
+        if threads:
+            torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.config = model.config

@@ -131,7 +131,7 @@ def _save_state(folder: Path, model, ema, optimizer, step: int, batcher: Batcher
     tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
     tensors["rng.torch"] = generator.get_state()
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "state.tmp"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / "state.tmp"))
     (folder / "state.tmp").replace(folder / "state.safetensors")
     meta = {"step": step, "elapsed": elapsed, "numpy_rng": batcher.rng.bit_generator.state}
     (folder / "state.json").write_text(json.dumps(meta))
@@ -147,8 +147,8 @@ def _load_state(folder: Path, model, ema, optimizer, batcher: Batcher, generator
         if f"optim.{name}.exp_avg" in tensors:
             optimizer.state[p] = {
                 "step": tensors[f"optim.{name}.step"].reshape(()),
-                "exp_avg": tensors[f"optim.{name}.exp_avg"],
-                "exp_avg_sq": tensors[f"optim.{name}.exp_avg_sq"],
+                "exp_avg": tensors[f"optim.{name}.exp_avg"].to(p.device),
+                "exp_avg_sq": tensors[f"optim.{name}.exp_avg_sq"].to(p.device),
             }
     generator.set_state(tensors["rng.torch"])
     batcher.rng.bit_generator.state = meta["numpy_rng"]
@@ -201,7 +201,9 @@ def train(out_dir: str | Path, data: str | Path, options: TrainOptions, config: 
     model.config.extra = {**model.config.extra, "data": str(data), "options": dataclasses.asdict(options)}
     ema = Denoiser(model.config)
     ema.load_state_dict(model.state_dict())
-    batcher = Batcher(clips, model.config, options, model.latent_scale.numpy())
+    model.to(dev).train()
+    ema.to(dev).eval()
+    batcher = Batcher(clips, model.config, options, model.latent_scale.cpu().numpy())
     generator = torch.Generator().manual_seed(options.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay,
                                   betas=(0.9, 0.99))
@@ -209,16 +211,13 @@ def train(out_dir: str | Path, data: str | Path, options: TrainOptions, config: 
     if resuming:
         step, elapsed = _load_state(state_dir, model, ema, optimizer, batcher, generator)
     (out_dir / "options.json").write_text(json.dumps(dataclasses.asdict(options), indent=2))
-    model.to(dev).train()
-    ema.to(dev).eval()
     log = (out_dir / "log.jsonl").open("a")
     bar = tqdm(total=options.steps, initial=step, desc=f"train {options.stage}", disable=not progress)
     start, last_loss = time.time() - elapsed, float("nan")
 
     def checkpoint():
-        _save_state(state_dir, model.cpu(), ema.cpu(), optimizer, step, batcher, generator, time.time() - start)
+        _save_state(state_dir, model, ema, optimizer, step, batcher, generator, time.time() - start)
         ema.save_pretrained(model_dir)
-        model.to(dev), ema.to(dev)
 
     while step < options.steps:
         for group in optimizer.param_groups:

@@ -1,7 +1,6 @@
 """Evaluation: rollouts use the streaming path; the real-audio reference beats noise."""
 
 import numpy as np
-import torch
 
 from lmdm_engine.data import LatentClips
 from lmdm_engine.evaluate import evaluate, evaluation_table, rollout
