@@ -70,7 +70,6 @@ class Session:
         self.channels = channels
         params = preset if isinstance(preset, Preset) else load_preset(preset or DEFAULT_PRESET)
         self.params = preset_from_dict({**dataclasses.asdict(params), **overrides}, source="session parameters")
-        self._block_frames_for(self.params)  # validate the delay against this model
         self._latent_scale = runtime.latent_scale[None, None, :]
         self.reset()
 
