@@ -42,6 +42,7 @@ class CodecBasis:
         self.synthesis = np.concatenate([synth_re, synth_im], 0)
         self.analysis = self.analysis.astype(np.float32)
         self.synthesis = self.synthesis.astype(np.float32)
+        self.config, self.bins, self.advance = config, bins, bin_advance(config)
 
 
 def bin_advance(config: ModelConfig) -> np.ndarray:
@@ -53,24 +54,24 @@ def bin_advance(config: ModelConfig) -> np.ndarray:
     return np.mod(2 * np.pi * k * config.hop / config.n_fft, 2 * np.pi)
 
 
-def to_latent(spec: np.ndarray, prev_phase: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+def to_latent(spec: np.ndarray, prev_phase: np.ndarray, basis: CodecBasis) -> tuple[np.ndarray, np.ndarray]:
     """STFT frames [C, F, 2*bins] (re | im) -> (latents [C, F, 2*bins], phase of the last frame [C, bins])."""
-    bins = config.n_fft // 2 + 1
+    config, bins = basis.config, basis.bins
     re, im = spec[..., :bins], spec[..., bins:]
     mag = np.sqrt(re * re + im * im)
     phase = np.arctan2(im, re).astype(np.float64)  # [C, F, bins]
     before = np.concatenate([prev_phase[:, None, :], phase[:, :-1]], 1)  # previous frame's phase
-    step = phase - before - bin_advance(config)
+    step = phase - before - basis.advance
     amp = config.latent_gain * mag**config.compression
     return np.concatenate([amp * np.cos(step), amp * np.sin(step)], -1), phase[:, -1]
 
 
-def from_latent(latent: np.ndarray, prev_phase: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+def from_latent(latent: np.ndarray, prev_phase: np.ndarray, basis: CodecBasis) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of :func:`to_latent`: latents [C, F, 2*bins] -> (STFT frames re | im, phase of the last frame)."""
-    bins = config.n_fft // 2 + 1
+    config, bins = basis.config, basis.bins
     re, im = latent[..., :bins], latent[..., bins:]
     mag = (np.sqrt(re * re + im * im) / config.latent_gain) ** (1.0 / config.compression)
-    step = np.arctan2(im, re).astype(np.float64) + bin_advance(config)
+    step = np.arctan2(im, re).astype(np.float64) + basis.advance
     phase = prev_phase[:, None, :] + np.cumsum(step, 1)  # [C, F, bins], float64 so it does not drift
     phase = np.mod(phase + np.pi, 2 * np.pi) - np.pi  # keep the running phase bounded in endless streams
     return np.concatenate([mag * np.cos(phase), mag * np.sin(phase)], -1), phase[:, -1]
@@ -85,7 +86,6 @@ class StreamingCodec:
     def __init__(self, config: ModelConfig, channels: int):
         self.config = config
         self.channels = channels
-        self.bins = config.n_fft // 2 + 1
         self.basis = CodecBasis(config)
         self.reset()
 
@@ -118,7 +118,7 @@ class StreamingCodec:
         # [C, overlap + S] -> [C, frames, n_fft] strided windows, one per hop
         idx = np.arange(frames)[:, None] * cfg.hop + np.arange(cfg.n_fft)[None, :]
         windows = buf[:, idx]
-        latents, self.state["encoder_phase"] = to_latent(windows @ self.basis.analysis, self.state["encoder_phase"], cfg)
+        latents, self.state["encoder_phase"] = to_latent(windows @ self.basis.analysis, self.state["encoder_phase"], self.basis)
         return latents.astype(np.float32)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
@@ -127,7 +127,7 @@ class StreamingCodec:
             raise ValueError(f"codec expects latents [{self.channels}, frames, {cfg.latent_dim}], got {latents.shape}")
         frames = latents.shape[1]
         # [C, frames, latent_dim] -> [C, frames, n_fft] windowed time segments
-        spec, self.state["decoder_phase"] = from_latent(latents.astype(np.float32), self.state["decoder_phase"], cfg)
+        spec, self.state["decoder_phase"] = from_latent(latents.astype(np.float32), self.state["decoder_phase"], self.basis)
         segments = spec.astype(np.float32) @ self.basis.synthesis
         out = np.zeros((self.channels, (frames + 1) * cfg.hop), np.float32)
         out[:, : cfg.hop] = self.state["decoder_overlap"]
