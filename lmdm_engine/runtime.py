@@ -29,6 +29,12 @@ class Runtime(Protocol):
     def velocity(self, state: dict, x: np.ndarray, t: float, style: np.ndarray) -> np.ndarray:
         """Velocity [B, L, D] of a target block x [B, L, D] at time t with style [B, S]."""
 
+    def concat_states(self, states: list[dict]) -> dict:
+        """One state holding several states' batches back to back (for running many sessions as one batch)."""
+
+    def split_state(self, state: dict, sizes: list[int]) -> list[dict]:
+        """Inverse of ``concat_states``: the batch split into consecutive parts of the given sizes."""
+
 
 def default_model_dir() -> Path:
     """The model shipped inside the package, trained by ``lmdm train`` (see docs/TRAINING.md)."""

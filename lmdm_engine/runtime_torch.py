@@ -34,6 +34,13 @@ class TorchRuntime:
     def new_state(self, batch: int) -> dict:
         return self.model.empty_cache(batch)
 
+    def concat_states(self, states: list[dict]) -> dict:
+        return {name: torch.cat([s[name] for s in states], 0) for name in states[0]}
+
+    def split_state(self, state: dict, sizes: list[int]) -> list[dict]:
+        parts = {name: torch.split(value, sizes, 0) for name, value in state.items()}
+        return [{name: parts[name][i] for name in state} for i in range(len(sizes))]
+
     @torch.inference_mode()
     def append_context(self, state: dict, frames: np.ndarray) -> dict:
         return self.model.append_context(state, self._tensor(frames))

@@ -187,3 +187,19 @@ def test_session_module_does_not_import_torch():
     code = "import sys, lmdm_engine.session, lmdm_engine.presets, lmdm_engine.codec; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_runtime_concat_and_split_states_round_trip(debug_runtime):
+    rt = debug_runtime
+    a = rt.append_context(rt.new_state(1), np.random.default_rng(0).standard_normal((1, 5, rt.config.latent_dim)).astype(np.float32))
+    b = rt.append_context(rt.new_state(2), np.random.default_rng(1).standard_normal((2, 3, rt.config.latent_dim)).astype(np.float32))
+    both = rt.concat_states([a, b])
+    x = np.random.default_rng(2).standard_normal((3, 4, rt.config.latent_dim)).astype(np.float32)
+    style = np.zeros((3, len(rt.config.style_vocab)), np.float32)
+    v = rt.velocity(both, x, 0.5, style)
+    np.testing.assert_allclose(v[:1], rt.velocity(a, x[:1], 0.5, style[:1]), atol=1e-5)
+    np.testing.assert_allclose(v[1:], rt.velocity(b, x[1:], 0.5, style[1:]), atol=1e-5)
+    a2, b2 = rt.split_state(both, [1, 2])
+    for name in a:
+        np.testing.assert_array_equal(np.asarray(a2[name]), np.asarray(a[name]))
+        np.testing.assert_array_equal(np.asarray(b2[name]), np.asarray(b[name]))
