@@ -17,7 +17,6 @@ rotates them by slot (``0..C-1``, target at ``C..``), so positions stay bounded 
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
@@ -55,24 +54,20 @@ def timestep_features(t: torch.Tensor, dim: int = 128) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], -1)
 
 
-@functools.lru_cache(maxsize=16)
-def _rotary_table(length: int, half: int, base: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of every position below ``length``: two [length, half] tables, computed once."""
-    inv = base ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
-    ang = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv[None, :]
-    return ang.cos(), ang.sin()
+def rotary_angles(positions: torch.Tensor, half: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE tables for integer positions [N], computed once per forward: cos [N, 2 half] and the signed sin
+    [N, 2 half] (-sin | sin) that :func:`rotary` multiplies with the half-swapped input."""
+    inv = base ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+    angles = positions.float()[:, None] * inv[None, :]  # [N, half]
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotate-half RoPE. x [B, H, N, Dh], positions [N] (integer)."""
-    if positions.numel() == 0:  # an empty cache (window of one block)
-        return x
+def rotary(x: torch.Tensor, angles: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate-half RoPE: [x1 cos - x2 sin, x2 cos + x1 sin]. x [B, H, N, Dh], angles of those N positions."""
+    cos, signed_sin = angles
     half = x.shape[-1] // 2
-    length = 1 << int(positions.max()).bit_length()  # power-of-two table lengths: few cache entries
-    cos_table, sin_table = _rotary_table(length, half, base, x.device)
-    cos, sin = cos_table[positions], sin_table[positions]  # [N, Dh/2]
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+    return x * cos + torch.cat([x[..., half:], x[..., :half]], -1) * signed_sin
 
 
 def sequence_mask(n_frames: int, block_frames: int, context_frames: int, device=None) -> torch.Tensor:
@@ -105,20 +100,21 @@ class Attention(nn.Module):
         self.out = nn.Linear(config.width, config.width)
         self.q_norm, self.k_norm = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
 
-    def forward(self, x, positions, mask, past_k=None, past_v=None, past_positions=None):
-        """x [B, N, W]; mask [N, N + P] or [B, 1, N, N + P]. Returns (out [B, N, W], k, v un-rotated [B, H, N, Dh])."""
+    def forward(self, x, angles, mask, past_k=None, past_v=None, past_angles=None):
+        """x [B, N, W]; mask: additive float bias [N, N + P] or [B, 1, N, N + P] (0 or -inf); angles of the N
+        tokens (and of the P cached keys).
+        Returns (out [B, N, W], k, v un-rotated [B, H, N, Dh])."""
         b, n, w = x.shape
         # [B, N, 3W] -> 3 x [B, H, N, Dh]
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         new_k, new_v = k, v
-        q = rotary(q, positions, self.rope_base)
-        k = rotary(k, positions, self.rope_base)
+        q, k = rotary(q, angles), rotary(k, angles)
         if past_k is not None:
             # keys of the cache are stored un-rotated; rotate them by slot: [B, H, P, Dh]
-            k = torch.cat([rotary(past_k, past_positions, self.rope_base), k], 2)  # [B, H, P + N, Dh]
+            k = torch.cat([rotary(past_k, past_angles), k], 2)  # [B, H, P + N, Dh]
             v = torch.cat([past_v, v], 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, N, Dh]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim**-0.5)  # [B, H, N, Dh]
         y = y.transpose(1, 2).reshape(b, n, w)  # [B, H, N, Dh] -> [B, N, W]
         return self.out(y), new_k, new_v
 
@@ -135,10 +131,10 @@ class DiTBlock(nn.Module):
         # adaLN-single (PixArt-alpha): one shared modulation MLP, plus a learned per-layer offset
         self.modulation_offset = nn.Parameter(torch.zeros(6, w))
 
-    def forward(self, h, modulation, positions, mask, past_k=None, past_v=None, past_positions=None):
+    def forward(self, h, modulation, angles, mask, past_k=None, past_v=None, past_angles=None):
         # modulation [B, N, 6, W] -> six [B, N, W]
         shift1, scale1, gate1, shift2, scale2, gate2 = (modulation + self.modulation_offset).unbind(2)
-        a, k, v = self.attn(self.norm1(h) * (1 + scale1) + shift1, positions, mask, past_k, past_v, past_positions)
+        a, k, v = self.attn(self.norm1(h) * (1 + scale1) + shift1, angles, mask, past_k, past_v, past_angles)
         h = h + gate1 * a
         h = h + gate2 * self.mlp(self.norm2(h) * (1 + scale2) + shift2)
         return h, k, v
@@ -181,16 +177,21 @@ class Denoiser(nn.Module):
         return cond + is_target.float()[None, :, None] * self.style_proj(style)[:, None, :]
 
     def _run(self, x, t_tokens, style, is_target, positions, mask, past: Cache | None = None, past_positions=None):
-        """Shared transformer pass. x [B, N, D]. Returns (velocity [B, N, D], per-layer (k, v) of these tokens)."""
+        """Shared transformer pass. x [B, N, D]; mask bool (True: may attend), turned once into the additive bias
+        every layer shares. Returns (velocity [B, N, D], per-layer (k, v) of these tokens)."""
         b, n, _ = x.shape
+        mask = torch.zeros(mask.shape, device=x.device).masked_fill(~mask, float("-inf"))
         cond = self._conditioning(t_tokens, style, is_target)
         modulation = self.modulation(cond).view(b, n, 6, -1)  # [B, N, 6W] -> [B, N, 6, W]
         h = self.in_proj(x)
+        half, base = self.config.head_dim // 2, self.config.rope_base
+        angles = rotary_angles(positions, half, base)
+        past_angles = rotary_angles(past_positions, half, base) if past is not None else None
         new_kv = []
         for i, block in enumerate(self.blocks):
             pk = past[f"past_key_values.{i}.key"] if past is not None else None
             pv = past[f"past_key_values.{i}.value"] if past is not None else None
-            h, k, v = block(h, modulation, positions, mask, pk, pv, past_positions)
+            h, k, v = block(h, modulation, angles, mask, pk, pv, past_angles)
             new_kv.append((k, v))
         shift, scale = self.final_modulation(cond).chunk(2, -1)
         out = self.out_proj(self.final_norm(h) * (1 + scale) + shift)
@@ -244,35 +245,49 @@ class Denoiser(nn.Module):
         cache["context_valid"] = torch.zeros(batch, cfg.context_frames, dtype=torch.bool, device=p.device)
         return cache
 
-    def _cached_pass(self, cache: Cache, x, t, style, target: bool):
-        b, n, _ = x.shape
+    def step(self, cache: Cache, context, x, t, style) -> tuple[torch.Tensor, Cache]:
+        """One fused streaming pass (the LMDM code folds the finished block into the next block's first step).
+
+        Slides the clean frames ``context`` [B, N, D] into the cache (window of C frames) and returns the velocity
+        of the target block ``x`` [B, L, D] at times ``t`` [B] against the slid cache, with the new cache.
+        N or L may be 0. Tokens are [context ; target]; keys are [cache slots ; context ; target]:
+        - context queries see the valid cache slots and the whole context (the finished block, full attention);
+        - target queries see what stays in the window after the slide (the last C of cache + context) and
+          their own block. Positions: slots 0..C-1, context C..C+N-1, target C+N.. (RoPE is relative, so this
+          equals the slid layout exactly).
+        """
+        b, n, _ = context.shape
+        length = x.shape[1]
         c = self.config.context_frames
-        slots = torch.arange(c + n, device=x.device)
-        # [B, C] valid slots + the new tokens (all valid) -> [B, 1, N, C + N]
-        keys_ok = torch.cat([cache["context_valid"], torch.ones(b, n, dtype=torch.bool, device=x.device)], 1)
-        mask = keys_ok[:, None, None, :].expand(b, 1, n, c + n)
-        t_tokens = t[:, None].expand(b, n) if target else torch.zeros(b, n, device=x.device)
-        is_target = torch.full((n,), target, dtype=torch.bool, device=x.device)
-        return self._run(x, t_tokens, style, is_target, slots[c:], mask, cache, slots[:c])
+        dev = x.device
+        slots = torch.arange(c + n + length, device=dev)
+        # [B, C + N] valid keys among cache slots and context
+        valid = torch.cat([cache["context_valid"], torch.ones(b, n, dtype=torch.bool, device=dev)], 1)
+        in_window = valid & (slots[None, : c + n] >= n)  # target queries: the last C of cache + context
+        context_rows = torch.cat([valid, torch.zeros(b, length, dtype=torch.bool, device=dev)], 1)  # [B, C+N+L]
+        target_rows = torch.cat([in_window, torch.ones(b, length, dtype=torch.bool, device=dev)], 1)
+        # [B, N + L, C + N + L] -> [B, 1, N + L, C + N + L]
+        mask = torch.cat([context_rows[:, None, :].expand(b, n, c + n + length),
+                          target_rows[:, None, :].expand(b, length, c + n + length)], 1)[:, None]
+        t_tokens = torch.cat([torch.zeros(b, n, device=dev), t[:, None].expand(b, length)], 1)  # [B, N + L]
+        is_target = slots[c:] >= c + n
+        v, new_kv = self._run(torch.cat([context, x], 1), t_tokens, style, is_target, slots[c:], mask, cache, slots[:c])
+        out = {}
+        for i, (k, val) in enumerate(new_kv):
+            for name, new in ((f"past_key_values.{i}.key", k), (f"past_key_values.{i}.value", val)):
+                out[name] = torch.cat([cache[name], new[:, :, :n]], 2)[:, :, n:]  # [B, H, C, Dh]
+        out["context_valid"] = valid[:, n:]
+        return v[:, n:], out
 
     def velocity_cached(self, cache: Cache, x, t, style):
         """Velocity of a target block [B, L, D] at times t [B] against the cached context."""
-        v, _ = self._cached_pass(cache, x, t, style, target=True)
-        return v
+        return self.step(cache, x[:, :0], x, t, style)[0]
 
     def append_context(self, cache: Cache, frames) -> Cache:
-        """Run a finished clean block [B, L, D] against the cache and slide it into a new cache (window of C frames)."""
-        b, n, _ = frames.shape
-        c = self.config.context_frames
+        """Run a finished clean block [B, N, D] against the cache and slide it into a new cache (window of C frames)."""
+        b = frames.shape[0]
         style = torch.zeros(b, self.config.style_dim, device=frames.device)
-        _, new_kv = self._cached_pass(cache, frames, torch.zeros(b, device=frames.device), style, target=False)
-        out = {}
-        for i, (k, v) in enumerate(new_kv):
-            for name, new in ((f"past_key_values.{i}.key", k), (f"past_key_values.{i}.value", v)):
-                out[name] = torch.cat([cache[name], new], 2)[:, :, -c:] if c else cache[name]  # [B, H, C, Dh]
-        valid = torch.cat([cache["context_valid"], torch.ones(b, n, dtype=torch.bool, device=frames.device)], 1)
-        out["context_valid"] = valid[:, -c:] if c else cache["context_valid"]
-        return out
+        return self.step(cache, frames, frames[:, :0], torch.zeros(b, device=frames.device), style)[1]
 
     # ---- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:
