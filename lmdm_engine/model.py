@@ -27,6 +27,7 @@ from torch import nn
 from .config import CONFIG_NAME, WEIGHTS_NAME, ConfigError, ModelConfig
 
 Cache = dict[str, torch.Tensor]
+KINDS_IS_TARGET = torch.tensor([False, True])  # the two token kinds of a streaming pass: clean context, target
 
 
 def cache_names(config: ModelConfig) -> list[str]:
@@ -171,18 +172,18 @@ class Denoiser(nn.Module):
             nn.init.zeros_(lin.bias)
 
     # ---- core -----------------------------------------------------------------------------------
-    def _conditioning(self, t_tokens: torch.Tensor, style: torch.Tensor, is_target: torch.Tensor) -> torch.Tensor:
-        """t_tokens [B, N], style [B, S], is_target [N] bool -> per-token conditioning [B, N, W]."""
-        cond = self.time_mlp(timestep_features(t_tokens))
-        return cond + is_target.float()[None, :, None] * self.style_proj(style)[:, None, :]
-
-    def _run(self, x, t_tokens, style, is_target, positions, mask, past: Cache | None = None, past_positions=None):
-        """Shared transformer pass. x [B, N, D]; mask bool (True: may attend), turned once into the additive bias
-        every layer shares. Returns (velocity [B, N, D], per-layer (k, v) of these tokens)."""
+    def _run(self, x, kind_t, kind_is_target, token_kind, style, positions, mask, past: Cache | None = None,
+             past_positions=None):
+        """Shared transformer pass over tokens x [B, N, D] of a few kinds (clean context, or a target block with its
+        time): kind_t [B, K], kind_is_target [K] bool, token_kind [N] (long). Conditioning is computed once per
+        kind, then gathered per token. mask bool [N, N + P] or [B, 1, N, N + P] (True: may attend), turned once
+        into the additive bias every layer shares. Returns (velocity [B, N, D], per-layer (k, v) of these tokens)."""
         b, n, _ = x.shape
         mask = torch.zeros(mask.shape, device=x.device).masked_fill(~mask, float("-inf"))
-        cond = self._conditioning(t_tokens, style, is_target)
-        modulation = self.modulation(cond).view(b, n, 6, -1)  # [B, N, 6W] -> [B, N, 6, W]
+        # [B, K, W]: time for every kind, style for target kinds only (clean K/V stay style-free)
+        cond = self.time_mlp(timestep_features(kind_t))
+        cond = cond + kind_is_target.float()[None, :, None] * self.style_proj(style)[:, None, :]
+        modulation = self.modulation(cond)[:, token_kind].view(b, n, 6, -1)  # [B, K, 6W] -> [B, N, 6, W]
         h = self.in_proj(x)
         half, base = self.config.head_dim // 2, self.config.rope_base
         angles = rotary_angles(positions, half, base)
@@ -193,9 +194,9 @@ class Denoiser(nn.Module):
             pv = past[f"past_key_values.{i}.value"] if past is not None else None
             h, k, v = block(h, modulation, angles, mask, pk, pv, past_angles)
             new_kv.append((k, v))
-        shift, scale = self.final_modulation(cond).chunk(2, -1)
+        shift, scale = self.final_modulation(cond)[:, token_kind].chunk(2, -1)  # [B, K, 2W] -> 2 x [B, N, W]
         out = self.out_proj(self.final_norm(h) * (1 + scale) + shift)
-        return out + rf_skip(t_tokens)[..., None] * x, new_kv
+        return out + rf_skip(kind_t)[:, token_kind, None] * x, new_kv
 
     # ---- training / reference forwards ----------------------------------------------------------
     def velocity_sequence(self, clean, noisy, t_blocks, style, block_frames: int):
@@ -207,12 +208,15 @@ class Denoiser(nn.Module):
         b, n_frames, _ = clean.shape
         if n_frames % block_frames:
             raise ValueError(f"sequence of {n_frames} frames is not a multiple of block_frames {block_frames}")
-        t_noisy = t_blocks.repeat_interleave(block_frames, 1)  # [B, n_blocks] -> [B, T]
-        t_tokens = torch.cat([torch.zeros_like(t_noisy), t_noisy], 1)  # [B, 2T]
-        is_target = torch.arange(2 * n_frames, device=clean.device) >= n_frames
-        positions = torch.arange(n_frames, device=clean.device).repeat(2)
-        mask = sequence_mask(n_frames, block_frames, self.config.context_frames, clean.device)
-        v, _ = self._run(torch.cat([clean, noisy], 1), t_tokens, style, is_target, positions, mask)
+        dev = clean.device
+        # kinds: 0 = clean, 1 + j = the noisy frames of block j
+        kind_t = torch.cat([torch.zeros_like(t_blocks[:, :1]), t_blocks], 1)  # [B, 1 + n_blocks]
+        kind_is_target = torch.arange(kind_t.shape[1], device=dev) > 0
+        frames = torch.arange(n_frames, device=dev)
+        token_kind = torch.cat([torch.zeros_like(frames), 1 + frames // block_frames])  # [2T]
+        positions = frames.repeat(2)
+        mask = sequence_mask(n_frames, block_frames, self.config.context_frames, dev)
+        v, _ = self._run(torch.cat([clean, noisy], 1), kind_t, kind_is_target, token_kind, style, positions, mask)
         return v[:, n_frames:]
 
     def velocity_outpaint(self, context, x, t, style):
@@ -223,14 +227,15 @@ class Denoiser(nn.Module):
         """
         b, c, _ = context.shape
         n = c + x.shape[1]
-        t_tokens = torch.cat([torch.zeros(b, c, device=x.device), t[:, None].expand(b, x.shape[1])], 1)
         is_target = torch.arange(n, device=x.device) >= c
         positions = torch.arange(n, device=x.device) + (self.config.context_frames - c)
         if self.config.attention == "bidirectional":
             mask = torch.ones(n, n, dtype=torch.bool, device=x.device)
         else:
             mask = ~(~is_target[:, None] & is_target[None, :])  # context never attends to the target
-        v, _ = self._run(torch.cat([context, x], 1), t_tokens, style, is_target, positions, mask)
+        kind_t = torch.stack([torch.zeros_like(t), t], 1)  # kinds: 0 = context, 1 = target
+        v, _ = self._run(torch.cat([context, x], 1), kind_t, KINDS_IS_TARGET.to(x.device), is_target.long(), style,
+                         positions, mask)
         return v[:, c:]
 
     # ---- streaming with the block-wise KV cache -------------------------------------------------
@@ -269,9 +274,10 @@ class Denoiser(nn.Module):
         # [B, N + L, C + N + L] -> [B, 1, N + L, C + N + L]
         mask = torch.cat([context_rows[:, None, :].expand(b, n, c + n + length),
                           target_rows[:, None, :].expand(b, length, c + n + length)], 1)[:, None]
-        t_tokens = torch.cat([torch.zeros(b, n, device=dev), t[:, None].expand(b, length)], 1)  # [B, N + L]
-        is_target = slots[c:] >= c + n
-        v, new_kv = self._run(torch.cat([context, x], 1), t_tokens, style, is_target, slots[c:], mask, cache, slots[:c])
+        kind_t = torch.stack([torch.zeros_like(t), t], 1)  # kinds: 0 = context, 1 = target
+        token_kind = (slots[c:] >= c + n).long()  # [N + L]
+        v, new_kv = self._run(torch.cat([context, x], 1), kind_t, KINDS_IS_TARGET.to(dev), token_kind, style, slots[c:],
+                              mask, cache, slots[:c])
         out = {}
         for i, (k, val) in enumerate(new_kv):
             for name, new in ((f"past_key_values.{i}.key", k), (f"past_key_values.{i}.value", val)):
