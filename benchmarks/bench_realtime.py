@@ -5,7 +5,8 @@ signal (decaying sine notes plus a little noise) in host buffers of ``--buffer``
 Reported: audio seconds, wall seconds, real-time factor (audio s / wall s), the mean and p99 time of the
 process() calls that produced a model block, and the peak RSS of this process so far.
 
-    python benchmarks/bench_realtime.py [--preset NAME] [--sample-rate 48000] [--seconds 20] [--threads N] [--markdown]
+    python benchmarks/bench_realtime.py [--runtime onnx|torch] [--preset NAME] [--sample-rate 48000] [--seconds 20]
+                                        [--threads N] [--markdown]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from _common import machine, print_table
 from lmdm_engine.config import ModelConfig
 from lmdm_engine.model import Denoiser
 from lmdm_engine.presets import shipped_presets
-from lmdm_engine.runtime import default_model_dir, load_runtime
+from lmdm_engine.runtime import BACKENDS, DEFAULT_BACKEND, default_model_dir, load_runtime
 from lmdm_engine.runtime_torch import TorchRuntime
 from lmdm_engine.session import Session
 
@@ -41,10 +42,10 @@ def test_signal(seconds: float, sample_rate: int, channels: int, seed: int = 0) 
     return (notes[None, :] + 0.01 * rng.standard_normal((channels, n))).astype(np.float32)
 
 
-def runtime_for(model: str | None):
-    """The requested (or shipped) model; without a shipped model, random weights of the default config."""
+def runtime_for(model: str | None, backend: str = DEFAULT_BACKEND):
+    """The requested (or shipped) model; without a shipped model, random weights of the default config (torch)."""
     if model is not None or default_model_dir().is_dir():
-        return load_runtime(model, device="cpu"), str(model or default_model_dir())
+        return load_runtime(model, backend=backend, device="cpu" if backend == "torch" else None), str(model or default_model_dir())
     print(f"note: no shipped model at {default_model_dir()} (train one: scripts/train_default_model.sh); "
           "timing random weights of ModelConfig() instead, which cost the same per block")
     return TorchRuntime(Denoiser(ModelConfig()), device="cpu"), "random weights, ModelConfig()"
@@ -79,14 +80,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds of test signal timed per run")
     parser.add_argument("--buffer", type=int, default=512, help="host buffer size in frames")
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    parser.add_argument("--runtime", default=DEFAULT_BACKEND, choices=BACKENDS)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the runtime uses)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     args = parser.parse_args()
 
-    runtime, source = runtime_for(args.model)
+    runtime, source = runtime_for(args.model, args.runtime)
     torch.set_num_threads(args.threads)  # after the runtime, which sets its own default
     presets = [args.preset] if args.preset else list(shipped_presets())
-    print(f"machine: {machine()}; {args.threads} torch threads")
+    print(f"machine: {machine()}; runtime {runtime.name}, 1 thread" if runtime.name == "onnx"
+          else f"machine: {machine()}; runtime torch, {args.threads} torch threads")
     print(f"model: {source}; host {args.sample_rate} Hz, buffer {args.buffer} frames; "
           f"{args.seconds:g} s per run after {WARMUP_SECONDS:g} s warm-up")
     rows = [run(runtime, preset, channels, args.sample_rate, args.seconds, args.buffer)

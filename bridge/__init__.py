@@ -1,0 +1,12 @@
+"""The LMDM OSC bridge: DAWs, Pedalboard scripts and any OSC host push audio blocks in and get processed blocks
+back (protocol: bridge/PROTOCOL.md). Layers, each usable alone: ``osc`` (codec), ``framing`` (TCP streams),
+``blocks`` (audio chunks), ``protocol`` (namespace), ``dispatch``/``hosted`` (requests and sessions),
+``engine``/``batching`` (where sessions run), ``server`` (sockets), ``client``."""
+
+from .client import BridgeClient, BridgeEffect, BridgeError, BlockResult, OpenInfo
+from .dispatch import BridgeSettings
+from .protocol import BlockFlag, ErrorCode
+from .server import BridgeServer, ServerThread
+
+__all__ = ["BridgeClient", "BridgeEffect", "BridgeError", "BlockResult", "OpenInfo", "BridgeSettings", "BlockFlag",
+           "ErrorCode", "BridgeServer", "ServerThread"]

@@ -1,12 +1,15 @@
-"""The ``lmdm`` command: process, presets, corpus, train, eval."""
+"""The ``lmdm`` command: process, presets, corpus, train, eval, serve (bridge/), export (export/)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
+
+from .runtime import BACKENDS, DEFAULT_BACKEND
 
 DEFAULT_CORPUS = Path("data/corpus")
 
@@ -26,61 +29,84 @@ def _parse_set(items: list[str]) -> dict:
 
 
 # ---- process ----------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text}")
+    return value
+
+
+def _usage_error(message: str) -> int:
+    print(f"lmdm process: {message}", file=sys.stderr)
+    return 2
+
+
 def cmd_process(args) -> int:
-    import numpy as np
-    import soundfile as sf
-    from tqdm import tqdm
+    """Exit code 0: every output written (or skipped, existing); 1: a file failed (or, with --dry-run, cannot be
+    used); 2: nothing run (bad request); 128 + signal number: interrupted (partial files removed; rerun with
+    --skip-existing to go on)."""
+    import dataclasses
+    import signal
+    from contextlib import closing
 
-    from .presets import PresetError
-    from .runtime import load_runtime
-    from .session import Session
+    from .batch import (BatchSettings, Interrupted, OutputFormat, PlanError, batch_report, discard_stale_partials,
+                        plan_jobs, plan_listing, raise_interrupted, run_batch, skipped_result, summary_table,
+                        write_report)
+    from .chains import ChainError, parse_plugin_text
+    from .effect import GenerativeDelay
+    from .presets import DEFAULT_PRESET, PresetError, load_preset, preset_from_dict
 
-    src, dst = Path(args.input), Path(args.output)
-    if src.resolve() == dst.resolve():
-        raise SystemExit(f"refusing to overwrite the input {src}: choose another output path")
+    overrides = _parse_set(args.set)
     try:
-        info = sf.info(str(src))
-    except Exception as e:
-        raise SystemExit(f"{src}: cannot read audio ({e})")
-    if info.channels not in (1, 2):
-        raise SystemExit(f"{src}: {info.channels} channels; lmdm process takes mono or stereo files")
-    runtime = load_runtime(args.model, backend=args.runtime)
-    try:
-        session = Session(runtime, info.samplerate, info.channels, args.preset, **_parse_set(args.set))
-    except (PresetError, ValueError) as e:
-        raise SystemExit(str(e))
-    if dst.suffix.lower() not in (".wav", ".flac"):
-        raise SystemExit(f"{dst}: write .wav or .flac")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".partial")
-    dry, wet = [], []
-    start = time.time()
-    try:
-        with sf.SoundFile(str(src)) as fin, sf.SoundFile(str(tmp), "w", info.samplerate, info.channels,
-                                                         subtype=args.subtype, format=dst.suffix[1:].upper()) as fout:
-            with tqdm(total=info.frames, unit="frame", unit_scale=True, desc=src.name, disable=args.quiet) as bar:
-                for chunk in fin.blocks(blocksize=args.buffer, dtype="float32", always_2d=True):
-                    out = session.process(chunk.T)  # [frames, ch] -> [ch, frames]
-                    fout.write(out.T)
-                    bar.update(chunk.shape[0])
-                    if args.spectrogram:
-                        dry.append(chunk.mean(1))
-                        wet.append(out.mean(0))
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a half-written output behind
-        raise
-    tmp.replace(dst)
-    seconds = info.frames / info.samplerate
-    elapsed = time.time() - start
-    print(f"wrote {dst} ({seconds:.1f} s, preset {session.params.name}, echo latency "
-          f"{session.latency_samples / info.samplerate * 1000:.0f} ms, {seconds / max(elapsed, 1e-9):.1f}x real time)")
-    if args.spectrogram:
-        from .plots import save_spectrograms
+        for field, texts in (("pre", args.pre), ("post", args.post)):
+            if texts and field in overrides:
+                return _usage_error(f"give the {field} chain with --{field} or with --set {field}=..., not both")
+            if texts:
+                overrides[field] = [parse_plugin_text(text) for text in texts]
+        base = load_preset(args.preset or DEFAULT_PRESET)
+        preset = preset_from_dict({**dataclasses.asdict(base), **overrides}, source=f"preset {base.name!r}")
+        GenerativeDelay(preset)  # builds the chains (loading any VST3) to report a bad plugin now; no model yet
+        if args.model is not None and not Path(args.model).is_dir():
+            return _usage_error(f"--model {args.model}: no such model folder")
+        plan = plan_jobs(args.inputs, args.output, args.format, args.spectrogram, args.skip_existing)
+        settings = BatchSettings(preset, OutputFormat(plan.container, args.bit_depth), args.model, args.runtime,
+                                 args.provider, args.tail, args.buffer)
+    except (PresetError, ChainError, PlanError) as e:
+        return _usage_error(str(e))
+    if args.dry_run:
+        print(plan_listing(plan))
+        return 1 if plan.failed else 0
 
-        path = save_spectrograms(args.spectrogram, [("Input", np.concatenate(dry)), ("Output", np.concatenate(wet))],
-                                 info.samplerate)
-        print(f"wrote {path}")
-    return 0
+    discard_stale_partials(plan.skipped)
+    results = plan.failed + [skipped_result(job) for job in plan.skipped]
+    interrupted = None
+    start = time.perf_counter()
+    previous_handler = signal.signal(signal.SIGTERM, raise_interrupted)
+    try:
+        with closing(run_batch(plan.jobs, settings, args.jobs, show_progress=not args.quiet)) as finished:
+            results.extend(finished)
+    except (KeyboardInterrupt, Interrupted) as e:
+        interrupted = e
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    wall = time.perf_counter() - start
+    results.sort(key=lambda r: r.source)
+    print(summary_table(results, wall))
+    if args.report:
+        report = batch_report(results, settings, args.jobs, wall, interrupted=interrupted is not None)
+        print(f"report: {write_report(args.report, report)}")
+    if interrupted is not None:
+        print("interrupted: partial files removed; run the same command with --skip-existing to go on",
+              file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(interrupted, Interrupted) else signal.SIGINT)
+    return 1 if any(r.status == "failed" for r in results) else 0
 
 
 # ---- presets ----------------------------------------------------------------------------------------
@@ -115,13 +141,19 @@ def _ensure_data(args) -> Path:
     return write_corpus(DEFAULT_CORPUS, args.corpus_clips, jobs=2)
 
 
+# TrainOptions fields the train command passes on only when given (otherwise TrainOptions' defaults hold)
+OPTIONAL_TRAIN_OPTIONS = ("threads", "ema_decay", "rollout_blocks", "max_sampling_steps", "sampler", "disc_lr",
+                          "disc_layer", "disc_context_blocks", "contrastive_weight")
+
+
 def cmd_train(args) -> int:
     from .config import ModelConfig
     from .train import TrainOptions, train
 
     data = _ensure_data(args)
+    given = {name: getattr(args, name) for name in OPTIONAL_TRAIN_OPTIONS if getattr(args, name) is not None}
     options = TrainOptions(stage=args.stage, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           seed=args.seed, max_minutes=args.max_minutes)
+                           seed=args.seed, max_minutes=args.max_minutes, **given)
     config = ModelConfig.load(args.config) if args.config else (None if args.init else ModelConfig())
     model_dir = train(args.output, data, options, config=config, init=args.init, device=args.device)
     print(f"model written to {model_dir}")
@@ -155,17 +187,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmdm", description="Live Music Diffusion Models: the generative delay")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("process", help="run an audio file through the generative delay, block by block")
-    p.add_argument("input")
-    p.add_argument("-o", "--output", required=True)
+    p = sub.add_parser("process", help="run audio files, folders or globs through the generative delay and its chains",
+                       description="Process files, folders (recursively) and glob patterns through the preset's pre "
+                                   "chain, the generative delay and its post chain, streamed in constant memory. "
+                                   "Outputs mirror the inputs' names and folders; each keeps its input's sample rate "
+                                   "and channels (3 or more channels: each channel is processed as a mono track). "
+                                   "Exit code: 0 all written or skipped, 1 a file failed, 2 bad request.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders, or quoted glob patterns")
+    p.add_argument("-o", "--output", required=True,
+                   help="output folder; or an output .wav/.flac file when INPUT is one file")
     p.add_argument("--preset", default=None, help="shipped preset name or .toml path (see `lmdm presets`)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a preset field, e.g. --set mix=0.8")
+    p.add_argument("--pre", action="append", metavar="PLUGIN",
+                   help="plugin before the model, replacing the preset's pre chain; repeat for several, e.g. "
+                        "--pre 'HighpassFilter(cutoff_frequency_hz=80)' or --pre '/path/Plugin.vst3(mix=0.5)'")
+    p.add_argument("--post", action="append", metavar="PLUGIN",
+                   help="plugin after the model, replacing the preset's post chain, e.g. "
+                        "--post 'Reverb(room_size=0.7)'")
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
-    p.add_argument("--runtime", default="torch", choices=["torch"])
-    p.add_argument("--buffer", type=int, default=4096, help="host buffer size in frames (output does not depend on it)")
-    p.add_argument("--subtype", default="PCM_24", help="soundfile subtype of the output (PCM_16, PCM_24, FLOAT)")
-    p.add_argument("--spectrogram", default=None, help="also write a PNG of input against output")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--runtime", default=DEFAULT_BACKEND, choices=BACKENDS, help=f"default {DEFAULT_BACKEND}")
+    p.add_argument("--provider", default=None, help="ONNX Runtime execution provider, e.g. cpu or cuda")
+    p.add_argument("--format", default=None, choices=["wav", "flac"],
+                   help="output format (default: the -o file's suffix, else wav)")
+    p.add_argument("--bit-depth", type=int, default=24, choices=[8, 16, 24, 32],
+                   help="output bit depth: integer, or 32 for 32-bit float (wav only); default 24")
+    p.add_argument("--tail", type=_non_negative_float, default=0.0, metavar="SECONDS",
+                   help="add this much silence after each input so the echoes ring out")
+    p.add_argument("--jobs", type=_positive_int, default=1, help="files processed at once, in worker processes")
+    p.add_argument("--skip-existing", action="store_true", help="leave outputs that exist alone (resume a run)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be done, and do nothing")
+    p.add_argument("--report", default=None, metavar="JSON", help="write a JSON report of the run here")
+    p.add_argument("--buffer", type=_positive_int, default=4096,
+                   help="frames read and processed at a time (the output does not depend on it)")
+    p.add_argument("--spectrogram", default=None, metavar="PNG",
+                   help="also draw input against output (the start of each file): a .png for one file, "
+                        "else a folder of PNGs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_process)
 
     p = sub.add_parser("presets", help="list the shipped presets")
@@ -185,10 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"procedural corpus or any folder of audio files (default: render {DEFAULT_CORPUS})")
         p.add_argument("--corpus-clips", type=int, default=2000)
 
-    p = sub.add_parser("train", help="train a stage: outpaint (bidirectional baseline) or lmdm (block-causal)")
-    p.add_argument("--stage", required=True, choices=["outpaint", "lmdm"])
+    p = sub.add_parser("train", help="train a stage: outpaint (bidirectional baseline), lmdm (block-causal) or "
+                                     "arc-forcing (adversarial post-training on the model's own rollouts)")
+    p.add_argument("--stage", required=True, choices=["outpaint", "lmdm", "arc-forcing"])
     p.add_argument("-o", "--output", required=True, help="run folder (resumes if it holds training state)")
-    p.add_argument("--init", default=None, help="model folder to start from (lmdm: the outpaint model)")
+    p.add_argument("--init", default=None,
+                   help="model folder to start from (lmdm: the outpaint model; arc-forcing: the lmdm model)")
     p.add_argument("--config", default=None, help="folder with a config.json for a fresh model")
     data_args(p)
     p.add_argument("--steps", type=int, default=2000)
@@ -197,6 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop and save after this long (0: no limit)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--ema-decay", type=float, default=None, help="decay of the saved EMA weights (default 0.995)")
+    arc = p.add_argument_group("arc-forcing (defaults: lmdm_engine.train.TrainOptions)")
+    arc.add_argument("--rollout-blocks", type=int, default=None,
+                     help="blocks the model streams on its own outputs per training step")
+    arc.add_argument("--max-sampling-steps", type=int, default=None,
+                     help="sampling steps per rollout block are drawn from 1..this")
+    arc.add_argument("--sampler", default=None, choices=["euler", "pingpong"], help="rollout sampler")
+    arc.add_argument("--disc-lr", type=float, default=None, help="discriminator learning rate")
+    arc.add_argument("--disc-layer", type=int, default=None,
+                     help="DiT blocks the discriminator's backbone keeps (0: half the depth)")
+    arc.add_argument("--disc-context-blocks", type=int, default=None,
+                     help="clean blocks of the stream the discriminator sees before each block it scores")
+    arc.add_argument("--contrastive-weight", type=float, default=None,
+                     help="weight of the mismatched-style contrastive term in the discriminator loss")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="Frechet distance of continuations against held-out audio, with references")
@@ -209,11 +283,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", default=None, help="write the figures as JSON")
     p.set_defaults(func=cmd_eval)
+
+    from lmdm_bridge.cli import add_serve_parser
+    from lmdm_export.cli import add_export_parser
+
+    add_serve_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="lmdm: %(message)s")  # e.g. the runtime's provider line
     return args.func(args)
 
 

@@ -173,11 +173,13 @@ class Denoiser(nn.Module):
 
     # ---- core -----------------------------------------------------------------------------------
     def _run(self, x, kind_t, kind_is_target, token_kind, style, positions, mask, past: Cache | None = None,
-             past_positions=None):
+             past_positions=None, layers: int | None = None):
         """Shared transformer pass over tokens x [B, N, D] of a few kinds (clean context, or a target block with its
         time): kind_t [B, K], kind_is_target [K] bool, token_kind [N] (long). Conditioning is computed once per
         kind, then gathered per token. mask bool [N, N + P] or [B, 1, N, N + P] (True: may attend), turned once
-        into the additive bias every layer shares. Returns (velocity [B, N, D], per-layer (k, v) of these tokens)."""
+        into the additive bias every layer shares. Returns (velocity [B, N, D], per-layer (k, v) of these tokens);
+        with ``layers``, only the first ``layers`` DiT blocks run and their hidden state [B, N, W] replaces the
+        velocity."""
         b, n, _ = x.shape
         mask = torch.zeros(mask.shape, device=x.device).masked_fill(~mask, float("-inf"))
         # [B, K, W]: time for every kind, style for target kinds only (clean K/V stay style-free)
@@ -189,11 +191,13 @@ class Denoiser(nn.Module):
         angles = rotary_angles(positions, half, base)
         past_angles = rotary_angles(past_positions, half, base) if past is not None else None
         new_kv = []
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.blocks[:layers]):
             pk = past[f"past_key_values.{i}.key"] if past is not None else None
             pv = past[f"past_key_values.{i}.value"] if past is not None else None
             h, k, v = block(h, modulation, angles, mask, pk, pv, past_angles)
             new_kv.append((k, v))
+        if layers is not None:
+            return h, new_kv
         shift, scale = self.final_modulation(cond)[:, token_kind].chunk(2, -1)  # [B, K, 2W] -> 2 x [B, N, W]
         out = self.out_proj(self.final_norm(h) * (1 + scale) + shift)
         return out + rf_skip(kind_t)[:, token_kind, None] * x, new_kv
@@ -225,7 +229,15 @@ class Denoiser(nn.Module):
         context [B, C', D] (C' <= context_frames), x [B, L, D], t [B]. Attention is full in ``bidirectional``
         mode; otherwise the context never attends to the target. Returns velocity [B, L, D].
         """
-        b, c, _ = context.shape
+        return self._outpaint(context, x, t, style)
+
+    def block_features(self, context, x, t, style, layers: int):
+        """Hidden state [B, L, W] of the target block x after the first ``layers`` DiT blocks, laid out as in
+        :meth:`velocity_outpaint`: what the ARC-Forcing discriminator scores (Novack et al. 2026)."""
+        return self._outpaint(context, x, t, style, layers)
+
+    def _outpaint(self, context, x, t, style, layers: int | None = None):
+        c = context.shape[1]
         n = c + x.shape[1]
         is_target = torch.arange(n, device=x.device) >= c
         positions = torch.arange(n, device=x.device) + (self.config.context_frames - c)
@@ -234,9 +246,9 @@ class Denoiser(nn.Module):
         else:
             mask = ~(~is_target[:, None] & is_target[None, :])  # context never attends to the target
         kind_t = torch.stack([torch.zeros_like(t), t], 1)  # kinds: 0 = context, 1 = target
-        v, _ = self._run(torch.cat([context, x], 1), kind_t, KINDS_IS_TARGET.to(x.device), is_target.long(), style,
-                         positions, mask)
-        return v[:, c:]
+        out, _ = self._run(torch.cat([context, x], 1), kind_t, KINDS_IS_TARGET.to(x.device), is_target.long(), style,
+                           positions, mask, layers=layers)
+        return out[:, c:]
 
     # ---- streaming with the block-wise KV cache -------------------------------------------------
     def empty_cache(self, batch: int) -> Cache:

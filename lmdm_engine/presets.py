@@ -2,6 +2,10 @@
 
 ``SCHEMA`` is the only place the fields, types, ranges, defaults and help texts are written; the ``Preset``
 dataclass defaults, the loader, every error message and ``describe_schema()`` read it from there.
+
+The optional ``pre`` and ``post`` chains are lists of plugin tables (see ``chains.py``): pedalboard effects run
+before and after the model by ``GenerativeDelay`` and ``lmdm process``; a bare ``Session`` ignores them.
+Relative plugin and impulse-response paths in a preset file are relative to that file.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmdm_engine.chains import ChainError, builtin_plugins, check_plugin_table
 from lmdm_engine.config import STYLE_VOCAB
 
 PRESET_PACKAGE = "lmdm_presets"
@@ -25,7 +30,7 @@ class PresetError(ValueError):
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One preset field: its kind ('str', 'float', 'int', 'choice' or 'style'), default, limits and help."""
+    """One preset field: its kind ('str', 'float', 'int', 'choice', 'style' or 'chain'), default, limits and help."""
 
     name: str
     kind: str
@@ -44,6 +49,8 @@ class FieldSpec:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         if self.kind == "style":
             return f"a table of style tag -> weight, a float in [{self.low}, {self.high}]"
+        if self.kind == "chain":
+            return "a list of plugin tables: 'plugin' (a pedalboard built-in or a .vst3 path) and its parameters"
         noun = "an integer" if self.kind == "int" else "a number"
         return f"{noun} in [{self.low}, {self.high}]"
 
@@ -69,6 +76,8 @@ _FIELDS = (
         "style", "style", {}, "Style tags and their weights; tags: " + ", ".join(STYLE_VOCAB) + ".", 0.0, 1.0,
         choices=STYLE_VOCAB,
     ),
+    FieldSpec("pre", "chain", (), "Pedalboard plugins the input goes through before the model, in order."),
+    FieldSpec("post", "chain", (), "Pedalboard plugins the output goes through after the model (dry and echoes)."),
 )
 SCHEMA: dict[str, FieldSpec] = {f.name: f for f in _FIELDS}  # in file order
 
@@ -98,8 +107,9 @@ def _number(spec: FieldSpec, value, label: str, source: str) -> float | int:
     return value
 
 
-def _check(spec: FieldSpec, value, source: str):
-    """Validate one field value and return it normalised (floats as float, style as a fresh dict)."""
+def _check(spec: FieldSpec, value, source: str, base_dir: Path | None = None):
+    """Validate one field value and return it normalised (floats as float, style as a fresh dict, a chain as a
+    tuple of fresh tables whose relative paths are joined to ``base_dir``)."""
     if spec.kind == "str":
         if not isinstance(value, str):
             raise PresetError(f"{source}: field '{spec.name}' = {value!r} must be {spec.allowed()}")
@@ -125,6 +135,19 @@ def _check(spec: FieldSpec, value, source: str):
                 )
             style[tag] = _number(spec, weight, f"style.{tag}", source)
         return style
+    if spec.kind == "chain":
+        if not isinstance(value, (list, tuple)):
+            raise PresetError(
+                f"{source}: field '{spec.name}' = {value!r} must be {spec.allowed()}, e.g. "
+                f"{spec.name} = [{{plugin = \"Reverb\", room_size = 0.5}}]"
+            )
+        try:
+            return tuple(
+                check_plugin_table(table, f"{source}: field '{spec.name}[{i}]'", base_dir)
+                for i, table in enumerate(value)
+            )
+        except ChainError as e:
+            raise PresetError(str(e)) from None
     return _number(spec, value, spec.name, source)
 
 
@@ -142,14 +165,17 @@ class Preset:
     sampler: str = _default("sampler")
     seed: int = _default("seed")
     style: dict[str, float] = _default("style")
+    pre: tuple[dict, ...] = _default("pre")
+    post: tuple[dict, ...] = _default("post")
 
     def __post_init__(self):
         for spec in SCHEMA.values():
             object.__setattr__(self, spec.name, _check(spec, getattr(self, spec.name), f"preset {self.name!r}"))
 
 
-def preset_from_dict(d: dict, source: str = "<dict>") -> Preset:
-    """Validate a mapping of field -> value (as read from TOML) and build a Preset."""
+def preset_from_dict(d: dict, source: str = "<dict>", base_dir: Path | None = None) -> Preset:
+    """Validate a mapping of field -> value (as read from TOML) and build a Preset; relative paths in chains are
+    joined to ``base_dir`` (the preset file's folder)."""
     if not isinstance(d, dict):
         raise PresetError(f"{source}: expected a table of fields, got {type(d).__name__}")
     for key in d:
@@ -161,10 +187,12 @@ def preset_from_dict(d: dict, source: str = "<dict>") -> Preset:
     for spec in SCHEMA.values():
         if spec.required and spec.name not in d:
             raise PresetError(f"{source}: missing required field '{spec.name}' ({spec.help})")
-    return Preset(**{key: _check(SCHEMA[key], value, source) for key, value in d.items()})
+    return Preset(**{key: _check(SCHEMA[key], value, source, base_dir) for key, value in d.items()})
 
 
 def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
         escaped = value.replace("\\", "\\\\").replace('"', '\\"')
         return '"' + "".join(f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in escaped) + '"'
@@ -173,11 +201,20 @@ def _toml_value(value) -> str:
 
 def preset_to_toml(p: Preset) -> str:
     """The preset as TOML text that load_preset reads back to an equal Preset."""
-    lines = [f"{spec.name} = {_toml_value(getattr(p, spec.name))}" for spec in SCHEMA.values() if spec.kind != "style"]
+    scalars = [spec for spec in SCHEMA.values() if spec.kind not in ("style", "chain")]
+    lines = [f"{spec.name} = {_toml_value(getattr(p, spec.name))}" for spec in scalars]
     if p.style:
         lines += ["", "[style]"]
         lines += [f"{tag} = {_toml_value(p.style[tag])}" for tag in STYLE_VOCAB if tag in p.style]
+    for spec in SCHEMA.values():
+        for table in getattr(p, spec.name) if spec.kind == "chain" else ():
+            lines += ["", f"[[{spec.name}]]"]
+            lines += [f"{_toml_key(key)} = {_toml_value(value)}" for key, value in table.items()]
     return "\n".join(lines) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key) else _toml_value(key)
 
 
 def shipped_presets() -> dict[str, Path]:
@@ -201,7 +238,7 @@ def _load_file(path: Path) -> Preset:
         raise PresetError(f"{path}: TOML syntax error: {e}") from None
     except UnicodeDecodeError as e:
         raise PresetError(f"{path}: not UTF-8 text ({e})") from None
-    preset = preset_from_dict(data, source=str(path))
+    preset = preset_from_dict(data, source=str(path), base_dir=path.parent)
     if preset.name != path.stem:
         raise PresetError(f"{path}: field 'name' = {preset.name!r} must equal the file name {path.stem!r}")
     return preset
@@ -229,13 +266,17 @@ def describe_schema() -> str:
     """The preset file format as plain text, for docs and --help."""
     rows = []
     for spec in SCHEMA.values():
-        default = "{}" if spec.kind == "style" else _toml_value(spec.default)
+        default = {"style": "{}", "chain": "[]"}.get(spec.kind) or _toml_value(spec.default)
         default = "required" if spec.required else f"default {default}"
         rows.append(f"  {spec.name:<14} {spec.allowed()}; {default}\n  {'':<14} {spec.help}")
     return (
         "Preset files are TOML, one per preset, named <name>.toml. Fields (all but 'name' optional):\n"
         + "\n".join(rows)
         + "\nStyle weights go in a [style] table, e.g.\n  [style]\n  bell = 0.8\n  bright = 0.5\n"
+        + "Chains are arrays of tables, run in file order; relative paths are relative to the preset file, e.g.\n"
+        + '  [[pre]]\n  plugin = "HighpassFilter"\n  cutoff_frequency_hz = 80\n'
+        + '  [[post]]\n  plugin = "Reverb"\n  room_size = 0.7\n'
+        + "Built-in plugins: " + ", ".join(builtin_plugins()) + "; a VST3 is given by its path (ending in .vst3).\n"
     )
 
 

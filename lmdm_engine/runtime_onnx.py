@@ -163,22 +163,35 @@ class OnnxRuntime:
         return {k: ort.OrtValue.ortvalue_from_numpy(v, self._device, 0) for k, v in state.items()}
 
     def _to_host(self, state: dict) -> dict:
-        return {k: v.numpy() if isinstance(v, ort.OrtValue) else v for k, v in state.items()}
+        return {k: v.numpy() if isinstance(v, ort.OrtValue) else v for k, v in state.items() if k != PENDING}
 
     def concat_states(self, states: list[dict]) -> dict:
-        states = [self._fold(s) if PENDING in s else s for s in states]
+        """Queued context frames travel with the batch when every state has the same number queued (so the batch's
+        first step stays fused); otherwise each is folded first."""
+        queued = [s.get(PENDING) for s in states]
+        carry = all(q is not None for q in queued) and len({q.shape[1] for q in queued}) == 1
+        if not carry:
+            states = [self._fold(s) if PENDING in s else s for s in states]
         host = [self._to_host(s) for s in states]
         out = {name: np.concatenate([s[name] for s in host], 0) for name in self.state_names}
-        return self._to_device(out) if self.io_binding else out
+        out = self._to_device(out) if self.io_binding else out
+        if carry:
+            out[PENDING] = np.concatenate(queued, 0)
+        return out
 
     def split_state(self, state: dict, sizes: list[int]) -> list[dict]:
-        if PENDING in state:
-            state = self._fold(state)
         host = self._to_host(state)
+        if PENDING in state:
+            host[PENDING] = state[PENDING]
         cuts = np.cumsum(sizes)[:-1]
-        parts = {name: np.split(host[name], cuts, 0) for name in self.state_names}
+        parts = {name: np.split(value, cuts, 0) for name, value in host.items()}
         out = [{name: parts[name][i] for name in self.state_names} for i in range(len(sizes))]
-        return [self._to_device(s) for s in out] if self.io_binding else out
+        if self.io_binding:
+            out = [self._to_device(s) for s in out]
+        if PENDING in state:
+            for i, s in enumerate(out):
+                s[PENDING] = parts[PENDING][i]
+        return out
 
     # ---- the step ---------------------------------------------------------------------------------
     def _run(self, state: dict, context: np.ndarray, x: np.ndarray, t: float, style: np.ndarray, want_state: bool):

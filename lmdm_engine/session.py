@@ -14,6 +14,7 @@ moment they fill, and the wet FIFO starts with enough silence that it never runs
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -30,6 +31,7 @@ INPUT_LIMIT = 2.0
 MIX_RAMP_SECONDS = 0.01
 
 
+@functools.lru_cache(maxsize=64)
 def _resampler_lag(source_rate: int, target_rate: int) -> int:
     """Most output samples a StreamResampler holds back when fed one sample at a time (measured, deterministic)."""
     r = StreamResampler(source_rate, target_rate, 1)

@@ -1,4 +1,4 @@
-"""Training: bidirectional block-wise outpainting (the baseline) -> block-causal LMDM fine-tuning.
+"""Training: bidirectional block-wise outpainting (the baseline) -> block-causal LMDM fine-tuning -> ARC-Forcing.
 
 Rectified flow (x_t = (1 - t) x0 + t n, target v = n - x0), AdamW with warm-up and cosine decay, EMA weights
 (what gets saved as the model), tqdm progress with the loss, and resumable training state written as
@@ -7,6 +7,8 @@ safetensors + JSON (no pickle) every ``checkpoint_every`` steps.
 - ``outpaint``: W-1 clean context blocks then one noisy target block, full attention (``bidirectional``).
 - ``lmdm``: initialised from the outpaint checkpoint; sequences of blocks, each noisy block at its own time,
   under the block-causal mask (``block_causal``): the model the Session streams with a KV cache.
+- ``arc-forcing``: initialised from the lmdm checkpoint; adversarial post-training on the model's own streamed
+  rollouts (see arc.py).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from .config import ModelConfig
 from .data import LatentClips, fit_latent_scale, load_clips
 from .model import Denoiser
 
-STAGES = ("outpaint", "lmdm")
-STAGE_ATTENTION = {"outpaint": "bidirectional", "lmdm": "block_causal"}
+STAGES = ("outpaint", "lmdm", "arc-forcing")
+STAGE_ATTENTION = {"outpaint": "bidirectional", "lmdm": "block_causal", "arc-forcing": "block_causal"}
 
 
 @dataclass
@@ -50,6 +52,14 @@ class TrainOptions:
     checkpoint_every: int = 200
     max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
     threads: int = 0  # CPU threads; 0 = all cores (1 makes CPU runs bit-reproducible)
+    # arc-forcing stage (arc.py); lr above is the generator's
+    rollout_blocks: int = 8  # blocks each self rollout generates after its real context
+    max_sampling_steps: int = 4  # sampling steps per rollout block are drawn from 1..this
+    sampler: str = "pingpong"
+    disc_lr: float = 1e-4
+    disc_layer: int = 0  # the discriminator reads the hidden state after this many DiT blocks; 0 = depth // 2
+    disc_context_blocks: int = 1  # clean blocks of the stream the discriminator sees before each scored block
+    contrastive_weight: float = 1.0
 
 
 def sample_times(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -72,14 +82,18 @@ class Batcher:
         if frames < need:
             raise ValueError(f"clips have {frames} latent frames; training needs at least {need}")
 
+    def _styles(self, idx: np.ndarray) -> np.ndarray:
+        """Style vectors [n, S] of clips ``idx``, each dropped to zeros (unconditional) with ``style_dropout``."""
+        style = self.clips.styles[idx].astype(np.float32)
+        style[self.rng.random(len(idx)) < self.options.style_dropout] = 0.0
+        return style
+
     def _crops(self, length: int) -> tuple[np.ndarray, np.ndarray]:
         n, frames = self.options.batch_size, self.clips.latents.shape[1]
         idx = self.rng.integers(0, len(self.clips), n)
         starts = self.rng.integers(0, frames - length + 1, n)
         x = np.stack([self.clips.latents[i, s:s + length] for i, s in zip(idx, starts)]).astype(np.float32)
-        style = self.clips.styles[idx].astype(np.float32)
-        style[self.rng.random(n) < self.options.style_dropout] = 0.0
-        return x / self.scale, style
+        return x / self.scale, self._styles(idx)
 
     def next(self) -> dict:
         o, c = self.options, self.config.context_frames
@@ -117,19 +131,64 @@ def flow_loss(model: Denoiser, batch: dict, generator: torch.Generator) -> torch
     return torch.mean((v - (noise - x0)) ** 2)
 
 
+class FlowMatching:
+    """The outpaint and lmdm stages: one optimiser step on :func:`flow_loss` per training step.
+
+    A stage object holds its batcher (whose numpy rng the checkpoint saves) and answers ``step``,
+    ``state_tensors`` and ``load_state_tensors``; :class:`~lmdm_engine.arc.ArcForcing` is the other one."""
+
+    def __init__(self, model: Denoiser, clips: LatentClips, options: TrainOptions, generator: torch.Generator):
+        self.model, self.generator = model, generator
+        self.batcher = Batcher(clips, model.config, options, model.latent_scale.cpu().numpy())
+
+    def step(self, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
+        loss = flow_loss(self.model, self.batcher.next(), self.generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        optimizer.step()
+        return {"loss": loss.item()}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Stage state beyond the model, its EMA, optimiser and rngs: none here."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`state_tensors`."""
+
+
 # ---- resumable state (safetensors + JSON) -----------------------------------------------------------
-def _save_state(folder: Path, model, ema, optimizer, step: int, batcher: Batcher, generator, elapsed: float):
-    folder.mkdir(parents=True, exist_ok=True)
-    names = [n for n, _ in model.named_parameters()]
-    opt_tensors = {}
-    for i, name in enumerate(names):
+def optimizer_tensors(model, optimizer) -> dict[str, torch.Tensor]:
+    """AdamW state of ``optimizer`` (over ``model.parameters()``) as named tensors."""
+    out = {}
+    for i, (name, _) in enumerate(model.named_parameters()):
         st = optimizer.state.get(optimizer.param_groups[0]["params"][i], {})
         for key in ("exp_avg", "exp_avg_sq", "step"):
             if key in st:
-                opt_tensors[f"{name}.{key}"] = st[key].detach().reshape(-1).clone() if key == "step" else st[key]
+                out[f"{name}.{key}"] = st[key].detach().reshape(-1).clone() if key == "step" else st[key]
+    return out
+
+
+def load_optimizer_tensors(model, optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`optimizer_tensors`."""
+    for i, (name, _) in enumerate(model.named_parameters()):
+        p = optimizer.param_groups[0]["params"][i]
+        if f"{name}.exp_avg" in tensors:
+            optimizer.state[p] = {
+                "step": tensors[f"{name}.step"].reshape(()),
+                "exp_avg": tensors[f"{name}.exp_avg"].to(p.device),
+                "exp_avg_sq": tensors[f"{name}.exp_avg_sq"].to(p.device),
+            }
+
+
+def _save_state(folder: Path, model, ema, optimizer, step: int, batcher: Batcher, generator, elapsed: float,
+                extra: dict[str, torch.Tensor] | None = None):
+    """``extra``: more named tensors of a stage (the ARC-Forcing discriminator), saved in the same file."""
+    folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
+    tensors.update({f"optim.{k}": v for k, v in optimizer_tensors(model, optimizer).items()})
+    tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
     tensors["rng.torch"] = generator.get_state()
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / "state.tmp"))
     (folder / "state.tmp").replace(folder / "state.safetensors")
@@ -137,22 +196,21 @@ def _save_state(folder: Path, model, ema, optimizer, step: int, batcher: Batcher
     (folder / "state.json").write_text(json.dumps(meta))
 
 
-def _load_state(folder: Path, model, ema, optimizer, batcher: Batcher, generator) -> tuple[int, float]:
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _load_state(folder: Path, model, ema, optimizer, batcher: Batcher,
+                generator) -> tuple[int, float, dict[str, torch.Tensor]]:
+    """Restores what :func:`_save_state` wrote; returns (step, elapsed seconds, the ``extra`` tensors)."""
     tensors = load_file(str(folder / "state.safetensors"))
     meta = json.loads((folder / "state.json").read_text())
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    for i, (name, _) in enumerate(model.named_parameters()):
-        p = optimizer.param_groups[0]["params"][i]
-        if f"optim.{name}.exp_avg" in tensors:
-            optimizer.state[p] = {
-                "step": tensors[f"optim.{name}.step"].reshape(()),
-                "exp_avg": tensors[f"optim.{name}.exp_avg"].to(p.device),
-                "exp_avg_sq": tensors[f"optim.{name}.exp_avg_sq"].to(p.device),
-            }
+    model.load_state_dict(_prefixed(tensors, "model."))
+    ema.load_state_dict(_prefixed(tensors, "ema."))
+    load_optimizer_tensors(model, optimizer, _prefixed(tensors, "optim."))
     generator.set_state(tensors["rng.torch"])
     batcher.rng.bit_generator.state = meta["numpy_rng"]
-    return meta["step"], meta["elapsed"]
+    return meta["step"], meta["elapsed"], _prefixed(tensors, "extra.")
 
 
 def _lr(options: TrainOptions, step: int) -> float:
@@ -203,39 +261,41 @@ def train(out_dir: str | Path, data: str | Path, options: TrainOptions, config: 
     ema.load_state_dict(model.state_dict())
     model.to(dev).train()
     ema.to(dev).eval()
-    batcher = Batcher(clips, model.config, options, model.latent_scale.cpu().numpy())
     generator = torch.Generator().manual_seed(options.seed)
+    if options.stage == "arc-forcing":
+        from .arc import ArcForcing
+
+        stage = ArcForcing(model, clips, options, generator)
+    else:
+        stage = FlowMatching(model, clips, options, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay,
                                   betas=(0.9, 0.99))
     step, elapsed = 0, 0.0
     if resuming:
-        step, elapsed = _load_state(state_dir, model, ema, optimizer, batcher, generator)
+        step, elapsed, extra = _load_state(state_dir, model, ema, optimizer, stage.batcher, generator)
+        stage.load_state_tensors(extra)
     (out_dir / "options.json").write_text(json.dumps(dataclasses.asdict(options), indent=2))
     log = (out_dir / "log.jsonl").open("a")
     bar = tqdm(total=options.steps, initial=step, desc=f"train {options.stage}", disable=not progress)
-    start, last_loss = time.time() - elapsed, float("nan")
+    start = time.time() - elapsed
 
     def checkpoint():
-        _save_state(state_dir, model, ema, optimizer, step, batcher, generator, time.time() - start)
+        _save_state(state_dir, model, ema, optimizer, step, stage.batcher, generator, time.time() - start,
+                    stage.state_tensors())
         ema.save_pretrained(model_dir)
 
     while step < options.steps:
         for group in optimizer.param_groups:
             group["lr"] = _lr(options, step)
-        loss = flow_loss(model, batcher.next(), generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        losses = stage.step(optimizer, step)
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - options.ema_decay)
         step += 1
-        last_loss = loss.item()
         bar.update(1)
-        bar.set_postfix(loss=f"{last_loss:.4f}")
+        bar.set_postfix({name: f"{value:.4f}" for name, value in losses.items()})
         if step % options.log_every == 0 or step == options.steps:
-            log.write(json.dumps({"step": step, "loss": last_loss, "lr": _lr(options, step - 1),
+            log.write(json.dumps({"step": step, **losses, "lr": _lr(options, step - 1),
                                   "seconds": round(time.time() - start, 1)}) + "\n")
             log.flush()
         out_of_time = options.max_minutes > 0 and time.time() - start > 60 * options.max_minutes

@@ -173,3 +173,39 @@ def test_describe_schema_mentions_every_field_and_range():
     text = describe_schema()
     for spec in SCHEMA.values():
         assert spec.name in text and spec.allowed() in text
+
+
+def test_chains_load_from_toml_and_round_trip(tmp_path):
+    (tmp_path / "irs").mkdir()
+    path = write(tmp_path, "chained", 'name = "chained"\n\n[[pre]]\nplugin = "Compressor"\nratio = 3\n\n'
+                 '[[post]]\nplugin = "Convolution"\nimpulse_response_filename = "irs/room.wav"\nmix = 0.3\n\n'
+                 '[[post]]\nplugin = "fx/Echo.vst3"\n"delay time" = 250\nbypass = false\nplugin_name = "Echo"\n')
+    preset = load_preset(path)
+    assert preset.pre == ({"plugin": "Compressor", "ratio": 3},)
+    assert preset.post == (
+        {"plugin": "Convolution", "impulse_response_filename": str(tmp_path / "irs/room.wav"), "mix": 0.3},
+        {"plugin": str(tmp_path / "fx/Echo.vst3"), "delay time": 250, "bypass": False, "plugin_name": "Echo"},
+    )
+    assert load_preset(write(tmp_path / "irs", "chained", preset_to_toml(preset))) == preset
+    assert preset_from_dict({"name": "x"}).pre == ()
+
+
+def test_a_shipped_preset_uses_chains():
+    assert any(p.pre or p.post for p in list_presets())
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ("pre = 3\n", ["field 'pre' = 3 must be a list of plugin tables", 'pre = [{plugin = "Reverb"']),
+        ('[[post]]\nplugin = "Reverbb"\n', ["field 'post[0]'", "unknown plugin 'Reverbb'", "did you mean 'Reverb'"]),
+        ('[[post]]\nplugin = "Gain"\n[[post]]\nplugin = "Reverb"\nroom = 1.0\n',
+         ["field 'post[1]'", "Reverb has no parameter 'room'", "did you mean 'room_size'"]),
+        ('[[pre]]\nplugin = "Gain"\ngain_db = "loud"\n', ["field 'pre[0]'", "'gain_db' = 'loud' must be a number"]),
+        ('[[pre]]\nplugin = "PitchShift"\n', ["field 'pre[0]'", "PitchShift cannot be used in a streamed chain"]),
+        ("[[pre]]\nratio = 3\n", ["field 'pre[0]'", "missing 'plugin'"]),
+    ],
+)
+def test_chain_errors_name_file_field_and_plugin(tmp_path, body, words):
+    message = error_for(tmp_path, body)
+    assert all(w in message for w in words), message

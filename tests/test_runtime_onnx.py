@@ -122,3 +122,26 @@ def test_session_and_process_on_onnx_import_no_torch(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "torch-free" in result.stdout
     assert (tmp_path / "out.wav").is_file()
+
+
+def test_batched_states_keep_the_fused_step(runtimes):
+    """Queued context travels through concat/split, so a batch's first step still folds it in one pass."""
+    torch_rt, onnx_rt, _ = runtimes
+    style = np.zeros((3, onnx_rt.config.style_dim), np.float32)
+    contexts = [_frames(onnx_rt, 1, 6, 0), _frames(onnx_rt, 2, 6, 1)]
+    states = [onnx_rt.append_context(onnx_rt.new_state(c.shape[0]), c) for c in contexts]
+    both = onnx_rt.concat_states(states)
+    assert both["pending_context"].shape == (3, 6, onnx_rt.config.latent_dim)
+    runs = []
+    real_run = onnx_rt.session.run
+    onnx_rt.session.run = lambda *a, **k: runs.append(1) or real_run(*a, **k)
+    try:
+        x = _frames(onnx_rt, 3, 6, 2)
+        v = onnx_rt.velocity(both, x, 0.5, style)
+    finally:
+        onnx_rt.session.run = real_run
+    assert len(runs) == 1 and "pending_context" not in both
+    reference = torch_rt.concat_states([torch_rt.append_context(torch_rt.new_state(c.shape[0]), c) for c in contexts])
+    np.testing.assert_allclose(v, torch_rt.velocity(reference, x, 0.5, style), atol=1e-5)
+    parts = onnx_rt.split_state(onnx_rt.append_context(both, _frames(onnx_rt, 3, 4, 3)), [1, 2])
+    assert [p["pending_context"].shape[0] for p in parts] == [1, 2]

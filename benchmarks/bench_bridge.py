@@ -1,0 +1,270 @@
+"""The OSC bridge against calling the Session directly: round trips, sessions in real time, and a soak.
+
+Each run starts ``python -m lmdm_bridge serve`` on free loopback ports (the shipped model, or ``--model``) and
+talks to it with ``BridgeClient`` from this process, as a DAW on the same machine would. Audio is the
+bench_realtime test signal (decaying notes plus a little noise), stereo at 48 kHz, in blocks of ``--block`` s.
+
+roundtrip  Blocks sent one at a time: time from sending a block to holding its reply, over TCP and over UDP,
+           against ``Session.process`` on the same blocks in this process; the three paths take turns block by
+           block. Overhead, two ways: the bridge's p50 (p99) minus the direct p50 (p99); and, per block, the
+           round trip minus the time the server spent in ``session.process`` for it (its status reports that
+           time), which leaves out the engine's own jitter. The server runs with batching on (its default), the
+           sessions with no deadline.
+sessions   N sessions, each on its own TCP connection and thread, all sending a block every block duration (like
+           the tracks of a DAW), with the default deadline (one block). A configuration runs in real time when no
+           block comes back late. For each mode (batching on, off) N goes up through ``--sessions`` and stops after
+           the first N with late blocks. Reported: late blocks, p50 and p99 round trip, and how many sessions'
+           runtime calls each batched call carried.
+soak       ``--soak-sessions`` sessions (4) push ``--minutes`` of audio each, as fast as they are answered (two
+           blocks in flight, no deadline). Reported: every block answered and unflagged, and the server's resident
+           memory over time (from /proc): flat means it never grows past the sample taken after the first minute
+           of audio (``--minutes`` / 10 for short runs) by more than 10%.
+
+    python benchmarks/bench_bridge.py roundtrip [--blocks 200] [--markdown]
+    python benchmarks/bench_bridge.py sessions [--sessions 4,8,12,16,20,24] [--seconds 10] [--markdown]
+    python benchmarks/bench_bridge.py soak [--minutes 60] [--soak-sessions 4] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import machine, print_table
+from bench_realtime import test_signal
+from lmdm_bridge import BlockFlag, BridgeClient
+from lmdm_engine.presets import DEFAULT_PRESET
+from lmdm_engine.runtime import default_model_dir, load_runtime
+from lmdm_engine.session import Session
+
+RATE, CHANNELS = 48000, 2
+READY = re.compile(r"^lmdm bridge ready: tcp ([\d.]+):(\d+) .*, udp ([\d.]+):(\d+);")
+
+
+class ServerProcess:
+    """``python -m lmdm_bridge serve`` on free ports, stopped with SIGINT."""
+
+    def __init__(self, args, *extra: str):
+        command = [sys.executable, "-m", "lmdm_bridge", "serve", "--port", "0", "--log-level", "warning", *extra]
+        command += ["--model", args.model] if args.model else []
+        command += ["--runtime", args.runtime] if args.runtime else []
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        match = READY.match(line)
+        if not match:
+            self.process.kill()
+            raise SystemExit(f"the bridge did not start: {line!r}")
+        self.tcp = (match.group(1), int(match.group(2)))
+        self.udp = (match.group(3), int(match.group(4)))
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS in /proc")
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGINT)
+        out, _ = self.process.communicate(timeout=60)
+        return out.strip()
+
+
+def blocks_of(audio: np.ndarray, frames: int) -> list[np.ndarray]:
+    return [audio[:, i: i + frames] for i in range(0, audio.shape[1] - frames + 1, frames)]
+
+
+def pct(values, q) -> str:
+    return f"{np.percentile(values, q):.2f}"
+
+
+# ---- roundtrip -------------------------------------------------------------------------------------------
+def roundtrip(args) -> None:
+    frames = int(args.block * RATE)
+    blocks = blocks_of(test_signal(args.block * (args.blocks + 2), RATE, CHANNELS), frames)[: args.blocks + 2]
+    runtime = load_runtime(args.model, **({"backend": args.runtime} if args.runtime else {}))
+    server = ServerProcess(args)
+    paths = {"direct": Session(runtime, RATE, CHANNELS, DEFAULT_PRESET).process}
+    clients = []
+    for transport, address in (("tcp", server.tcp), ("udp", server.udp)):
+        client = BridgeClient(*address, transport=transport)
+        client.open(transport, RATE, CHANNELS, frames, DEFAULT_PRESET, deadline_ms=0)
+        paths[transport] = lambda block, client=client, name=transport: client.process(name, block)
+        clients.append(client)
+    times = {name: [] for name in paths}
+    outside = {"tcp": [], "udp": []}  # round trip minus the server's time in the session
+    try:
+        for block in blocks:  # the paths take turns on each block, so a busy moment touches all of them
+            for name, process in paths.items():
+                before = None if name == "direct" else clients[0].status()["process_seconds"]
+                start = time.perf_counter()
+                result = process(block)
+                ms = 1000 * (time.perf_counter() - start)
+                times[name].append(ms)
+                if before is not None:
+                    outside[name].append(ms - 1000 * (clients[0].status()["process_seconds"] - before))
+                    if result.flags:
+                        print(f"note: a {name} reply was flagged {result.flags!r}")
+        for client, name in zip(clients, ("tcp", "udp")):
+            client.close(name)
+            client.close_connection()
+    finally:
+        server.stop()
+    print(f"machine: {machine()}")
+    print(f"model: {args.model or default_model_dir()} ({runtime.name}); preset {DEFAULT_PRESET}; "
+          f"{args.blocks} blocks of {args.block:g} s stereo {RATE} Hz after 2 warm-up blocks")
+    direct = np.array(times["direct"][2:])
+    rows = []
+    for name, ms in times.items():
+        ms = np.array(ms[2:])  # the first two blocks warm up
+        over = ["-"] * 4 if name == "direct" else [
+            *(f"{np.percentile(ms, q) - np.percentile(direct, q):+.2f}" for q in (50, 99)),
+            *(pct(outside[name][2:], q) for q in (50, 99))]
+        rows.append([name, pct(ms, 50), pct(ms, 99), *over])
+    print_table(["path", "round trip p50 ms", "p99 ms", "minus direct p50 ms", "minus direct p99 ms",
+                 "outside the session p50 ms", "p99 ms"], rows, args.markdown)
+
+
+# ---- sessions in real time ------------------------------------------------------------------------------------
+def paced_session(address, name: str, blocks: list[np.ndarray], start: float, period: float, out: dict) -> None:
+    """Send block i at start + i * period; record each round trip and its flags."""
+    client = BridgeClient(*address)
+    client.open(name, RATE, CHANNELS, blocks[0].shape[1], DEFAULT_PRESET)
+    ms, late = [], 0
+    for i, block in enumerate(blocks):
+        time.sleep(max(0.0, start + i * period - time.perf_counter()))
+        sent = time.perf_counter()
+        result = client.process(name, block)
+        ms.append(1000 * (time.perf_counter() - sent))
+        late += bool(result.flags & BlockFlag.LATE)
+    client.close(name)
+    client.close_connection()
+    out[name] = (ms, late)
+
+
+def run_sessions(args, n: int, batching: bool, blocks: list[np.ndarray]) -> list[str]:
+    server = ServerProcess(args, *([] if batching else ["--no-batching"]))
+    results: dict = {}
+    start = time.perf_counter() + 1.0  # time for every session to open
+    threads = [threading.Thread(target=paced_session, args=(server.tcp, f"track{i}", blocks, start, args.block,
+                                                            results)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with BridgeClient(*server.tcp) as client:
+        status = client.status()
+    server.stop()
+    ms = np.concatenate([r[0][2:] for r in results.values()])  # after two warm-up blocks
+    late = sum(r[1] for r in results.values())
+    total = len(results) * len(blocks)
+    per_call = f"{status['runtime_requests'] / status['runtime_calls']:.2f}" if status["runtime_calls"] else "-"
+    return [str(n), "on" if batching else "off", f"{late}/{total}", pct(ms, 50), pct(ms, 99), per_call,
+            "yes" if late == 0 and len(results) == n else "no"]
+
+
+def sessions(args) -> None:
+    frames = int(args.block * RATE)
+    count = int(args.seconds / args.block) + 2
+    blocks = blocks_of(test_signal(args.block * count, RATE, CHANNELS), frames)
+    rows = []
+    for batching in (True, False):
+        for n in (int(v) for v in args.sessions.split(",")):
+            rows.append(run_sessions(args, n, batching, blocks))
+            print("  " + "  ".join(rows[-1]), flush=True)
+            if rows[-1][6] == "no":
+                break
+    print(f"machine: {machine()}")
+    print(f"model: {args.model or default_model_dir()}; preset {DEFAULT_PRESET}; blocks of {args.block:g} s stereo "
+          f"{RATE} Hz every {args.block:g} s per session, {args.seconds:g} s each; deadline one block")
+    print_table(["sessions", "batching", "late", "round trip p50 ms", "p99 ms", "session calls per runtime call",
+                 "real time"], rows, args.markdown)
+
+
+# ---- soak --------------------------------------------------------------------------------------------------
+def soak_session(address, name: str, audio: np.ndarray, frames: int, total_blocks: int, counts: dict) -> None:
+    """Push ``total_blocks`` blocks (cycling over ``audio``) with two in flight, as fast as they are answered."""
+    client = BridgeClient(*address)
+    client.open(name, RATE, CHANNELS, frames, DEFAULT_PRESET, deadline_ms=0)
+    blocks = blocks_of(audio, frames)
+    answered = flagged = 0
+    in_flight = []
+    for i in range(total_blocks):
+        in_flight.append(client.send_block(name, blocks[i % len(blocks)]))
+        if len(in_flight) == 2:
+            flagged += bool(client.receive_block(name, in_flight.pop(0)).flags)
+            answered += 1
+            counts[name] = answered
+    for seq in in_flight:
+        flagged += bool(client.receive_block(name, seq).flags)
+        answered += 1
+    client.close(name)
+    client.close_connection()
+    counts[name] = answered
+    counts[name + ":flagged"] = flagged
+
+
+def soak(args) -> None:
+    frames = int(args.block * RATE)
+    total_blocks = int(args.minutes * 60 / args.block)
+    audio = test_signal(60.0, RATE, CHANNELS)
+    server = ServerProcess(args)
+    counts: dict = {}
+    names = [f"soak{i}" for i in range(args.soak_sessions)]
+    threads = [threading.Thread(target=soak_session, args=(server.tcp, name, audio, frames, total_blocks, counts))
+               for name in names]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    samples = []  # (wall s, audio minutes per session, server RSS MiB), while the sessions are open
+    while any(t.is_alive() for t in threads):
+        done = min(counts.get(name, 0) for name in names)
+        samples.append((time.perf_counter() - start, done * args.block / 60, server.rss_mib()))
+        for t in threads:
+            t.join(timeout=args.sample_seconds / len(threads))
+    wall = time.perf_counter() - start
+    summary = server.stop()
+    answered = sum(counts.get(name, 0) for name in names)
+    flagged = sum(counts.get(name + ":flagged", 0) for name in names)
+    warm = next((s for s in samples if s[1] >= min(1.0, args.minutes / 10)), samples[0])
+    peak = max(s[2] for s in samples if s[0] >= warm[0])
+    growth = peak / warm[2] - 1
+    print(f"machine: {machine()}")
+    print(f"model: {args.model or default_model_dir()}; preset {DEFAULT_PRESET}; {args.soak_sessions} sessions x "
+          f"{args.minutes:g} min of stereo {RATE} Hz audio in {args.block:g} s blocks, two in flight each")
+    shown = samples[:: max(1, len(samples) // 20)]
+    shown += samples[-1:] if shown[-1] is not samples[-1] else []
+    rows = [[f"{s[0]:.0f}", f"{s[1]:.1f}", f"{s[2]:.0f}"] for s in shown]
+    print_table(["wall s", "audio min per session", "server RSS MiB"], rows, args.markdown)
+    print(f"blocks answered: {answered} of {args.soak_sessions * total_blocks}; flagged: {flagged}; "
+          f"{args.soak_sessions * args.minutes * 60 / wall:.1f}x real time in all")
+    print(f"server RSS: {warm[2]:.0f} MiB after warm-up, at most {peak:.0f} MiB after it ({100 * growth:+.1f}%: "
+          f"{'flat' if growth <= 0.10 else 'NOT flat'}, limit +10%); {summary}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("roundtrip", "sessions", "soak"))
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    parser.add_argument("--runtime", default=None, help="runtime backend (default: the engine's)")
+    parser.add_argument("--block", type=float, default=0.5, help="block length in seconds (default 0.5)")
+    parser.add_argument("--blocks", type=int, default=200, help="roundtrip: blocks timed per path")
+    parser.add_argument("--sessions", default="4,8,12,16,20,24", help="sessions: the session counts to try")
+    parser.add_argument("--seconds", type=float, default=10.0, help="sessions: seconds of audio per run")
+    parser.add_argument("--minutes", type=float, default=60.0, help="soak: minutes of audio per session")
+    parser.add_argument("--soak-sessions", type=int, default=4, help="soak: sessions (default 4)")
+    parser.add_argument("--sample-seconds", type=float, default=10.0, help="soak: seconds between RSS samples")
+    parser.add_argument("--markdown", action="store_true", help="print tables as markdown")
+    args = parser.parse_args()
+    {"roundtrip": roundtrip, "sessions": sessions, "soak": soak}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Audio blocks on the wire: the sample format, splitting a block into chunks, and putting chunks back together.
+
+Samples travel as float32 little-endian, interleaved frames x channels (the layout of an OSC blob that any host
+can fill from its own buffer). A block of ``total_frames`` frames travels as one or more chunks, each holding
+the frames ``[frame_offset, frame_offset + n)``; a chunk alone says where it belongs, so chunks can arrive in any
+order, twice, or not at all.
+
+``BlockAssembler`` turns the chunks of one sender's stream into whole blocks in sequence order, and never waits
+forever: a block still missing frames ``timeout`` seconds after its first chunk is handed on with silence in the
+gaps (``concealed``), and a sequence number of which nothing arrived, while later blocks are waiting, is handed
+on as lost (``audio is None``) after the same timeout, and so, at once, is a sequence number the caller ``skip``s
+(a block it rejected). No sockets and no clock of its own: callers pass ``now``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_DTYPE = np.dtype("<f4")
+
+
+class ChunkError(ValueError):
+    """A chunk that cannot belong to a block (wrong size, outside the block, disagreeing with earlier chunks)."""
+
+
+def audio_to_bytes(audio: np.ndarray) -> bytes:
+    """[channels, frames] float audio as interleaved float32 little-endian bytes."""
+    return np.ascontiguousarray(np.asarray(audio).T, dtype=SAMPLE_DTYPE).tobytes()
+
+
+def bytes_to_audio(data: bytes, channels: int) -> np.ndarray:
+    """Interleaved float32 little-endian bytes as [channels, frames] float32 audio."""
+    frame_bytes = channels * SAMPLE_DTYPE.itemsize
+    if len(data) % frame_bytes:
+        raise ChunkError(f"blob of {len(data)} bytes is not a whole number of {channels}-channel float32 frames "
+                         f"({frame_bytes} bytes each)")
+    return np.frombuffer(data, SAMPLE_DTYPE).reshape(-1, channels).T.astype(np.float32)
+
+
+def chunk_spans(total_frames: int, frames_per_chunk: int) -> list[tuple[int, int]]:
+    """(frame_offset, frames) of the chunks a block of ``total_frames`` is split into."""
+    if frames_per_chunk < 1:
+        raise ValueError(f"frames_per_chunk must be >= 1, got {frames_per_chunk}")
+    return [(start, min(frames_per_chunk, total_frames - start)) for start in range(0, total_frames, frames_per_chunk)]
+
+
+@dataclass
+class AssembledBlock:
+    """A block ready to process: ``audio`` [channels, frames] (None when lost), and which frames arrived
+    (``filled``; the others are silence)."""
+
+    seq: int
+    audio: np.ndarray | None
+    filled: np.ndarray | None
+    first_arrival: float
+
+    @property
+    def concealed(self) -> bool:
+        return self.filled is None or not self.filled.all()
+
+    @property
+    def lost(self) -> bool:
+        return self.audio is None
+
+
+class _PartialBlock:
+    def __init__(self, channels: int, total_frames: int, now: float):
+        self.audio = np.zeros((channels, total_frames), np.float32)
+        self.filled = np.zeros(total_frames, bool)
+        self.received = 0
+        self.first_arrival = now
+
+    @property
+    def complete(self) -> bool:
+        return self.received == self.filled.size
+
+
+class BlockAssembler:
+    """Chunks in, whole blocks out, in sequence order starting at ``first_seq``."""
+
+    def __init__(self, channels: int, max_frames: int, timeout: float, first_seq: int = 0, window: int = 8):
+        self.channels = channels
+        self.max_frames = max_frames
+        self.timeout = timeout
+        self.window = window  # blocks buffered ahead of the next expected one, at most
+        self.next_seq = first_seq
+        self.duplicates = 0  # chunks dropped because their frames or their block had already arrived
+        self._pending: dict[int, _PartialBlock] = {}
+        self._skipped: set[int] = set()
+
+    def add(self, seq: int, frame_offset: int, total_frames: int, samples: bytes, now: float) -> list[AssembledBlock]:
+        """Take one chunk; returns the blocks it makes ready. Raises ChunkError for a chunk that cannot fit."""
+        if seq < self.next_seq or seq in self._skipped:  # its block was handed on already
+            self.duplicates += 1
+            return self.poll(now)
+        if not 1 <= total_frames <= self.max_frames:
+            raise ChunkError(f"total_frames={total_frames} is outside [1, {self.max_frames}] "
+                             "(the block_frames given at open)")
+        if not 0 <= frame_offset < total_frames:
+            raise ChunkError(f"frame_offset={frame_offset} is outside the block's {total_frames} frames")
+        audio = bytes_to_audio(samples, self.channels)
+        frames = audio.shape[1]
+        if frames == 0 or frame_offset + frames > total_frames:
+            raise ChunkError(f"chunk of {frames} frames at frame_offset={frame_offset} does not fit in a block of "
+                             f"{total_frames} frames")
+        if seq >= self.next_seq + self.window:
+            raise ChunkError(f"seq={seq} is {seq - self.next_seq} blocks ahead of the next expected seq "
+                             f"{self.next_seq}; at most {self.window - 1} blocks may arrive early")
+        block = self._pending.get(seq)
+        if block is None:
+            block = self._pending[seq] = _PartialBlock(self.channels, total_frames, now)
+        elif block.filled.size != total_frames:
+            raise ChunkError(f"seq={seq}: chunk says total_frames={total_frames}, earlier chunks said "
+                             f"{block.filled.size}")
+        span = slice(frame_offset, frame_offset + frames)
+        if block.filled[span].any():
+            self.duplicates += 1
+            return self.poll(now)
+        block.audio[:, span] = audio
+        block.filled[span] = True
+        block.received += frames
+        return self.poll(now)
+
+    def skip(self, seq: int, now: float) -> list[AssembledBlock]:
+        """Wait no longer for ``seq`` (and drop its chunks): it is handed on as lost when its turn comes."""
+        if self.next_seq <= seq < self.next_seq + self.window:
+            self._skipped.add(seq)
+            self._pending.pop(seq, None)
+        return self.poll(now)
+
+    def poll(self, now: float) -> list[AssembledBlock]:
+        """The blocks that are ready at time ``now``: complete ones, and those whose wait has timed out."""
+        out = []
+        while True:
+            seq = self.next_seq
+            if seq in self._skipped:
+                self._skipped.discard(seq)
+                out.append(AssembledBlock(seq, None, None, now))
+            elif seq in self._pending:
+                block = self._pending[seq]
+                if not (block.complete or now >= block.first_arrival + self.timeout):
+                    break
+                del self._pending[seq]
+                out.append(AssembledBlock(seq, block.audio, block.filled, block.first_arrival))
+            elif self._pending:  # a later block is waiting: this one gets the same timeout, from then
+                waiting_since = min(b.first_arrival for b in self._pending.values())
+                if now < waiting_since + self.timeout:
+                    break
+                out.append(AssembledBlock(seq, None, None, waiting_since))
+            else:
+                break
+            self.next_seq += 1
+        return out
+
+    def next_timeout(self) -> float | None:
+        """When ``poll`` may next hand on an incomplete or lost block (None: nothing is waiting)."""
+        if not self._pending:
+            return None
+        block = self._pending.get(self.next_seq)
+        return (block.first_arrival if block is not None else min(b.first_arrival for b in self._pending.values())) \
+            + self.timeout

@@ -1,0 +1,98 @@
+"""``lmdm serve``: the OSC bridge on loopback (or, with --allow-remote and a token, on the network).
+
+``add_serve_parser(subparsers)`` registers the subcommand on an argparse subparsers object; ``python -m
+lmdm_bridge serve ...`` runs it on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+TOKEN_ENV = "LMDM_BRIDGE_TOKEN"
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    from lmdm_engine.presets import DEFAULT_PRESET
+
+    from .dispatch import BridgeSettings
+
+    d = BridgeSettings()
+    p = subparsers.add_parser(
+        "serve", help="run the OSC bridge: DAWs and scripts send audio blocks and get processed blocks back",
+        description="Run the OSC bridge (protocol: bridge/PROTOCOL.md). Prints one ready line with the ports and the "
+                    "model, and shuts down cleanly on SIGINT or SIGTERM, answering what is in flight.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; anything but "
+                                                        "loopback needs --allow-remote)")
+    p.add_argument("--port", type=int, default=9000, help="TCP and UDP port (default 9000; 0 picks free ports)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset for sessions that name none "
+                                                           f"(default {DEFAULT_PRESET})")
+    p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    p.add_argument("--runtime", default=None, help="runtime backend, e.g. torch or onnx (default: the engine's)")
+    p.add_argument("--provider", default=None, help="ONNX Runtime execution provider, e.g. cpu or cuda")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host; requires --token (or $%s)" % TOKEN_ENV)
+    p.add_argument("--token", default=None, help=f"shared token every open must carry (default ${TOKEN_ENV})")
+    p.add_argument("--max-sessions", type=int, default=d.max_sessions,
+                   help=f"sessions served at once (default {d.max_sessions})")
+    p.add_argument("--max-packet-bytes", type=int, default=d.max_packet_bytes,
+                   help=f"largest OSC packet taken (default {d.max_packet_bytes})")
+    p.add_argument("--max-rate", type=float, default=d.max_rate,
+                   help=f"packets per second per peer (default {d.max_rate:g})")
+    p.add_argument("--max-queued-blocks", type=int, default=d.max_queued_blocks,
+                   help=f"blocks waiting per session before the oldest are answered late (default "
+                        f"{d.max_queued_blocks})")
+    p.add_argument("--reassembly-ms", type=float, default=d.reassembly_ms,
+                   help=f"how long missing UDP chunks are waited for (default {d.reassembly_ms:g})")
+    p.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s,
+                   help=f"seconds without messages before a session is closed (default {d.idle_timeout_s:g})")
+    p.add_argument("--no-batching", action="store_true", help="run sessions side by side, never as one batch")
+    p.add_argument("--workers", type=int, default=None,
+                   help="model calls run at once: batches with batching, sessions without (default: one per CPU "
+                        "core; 1 suits a single GPU)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def cmd_serve(args) -> int:
+    from lmdm_engine.presets import PresetError, load_preset
+    from lmdm_engine.runtime import default_model_dir, load_runtime
+
+    from .dispatch import BridgeSettings
+    from .server import BridgeServer, is_loopback, serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if not is_loopback(args.host) and not args.allow_remote:
+        raise SystemExit(f"refusing to listen on {args.host}: it is not a loopback address. Add --allow-remote "
+                         f"and a --token (or ${TOKEN_ENV}) that every open must carry.")
+    if args.allow_remote and not token:
+        raise SystemExit(f"--allow-remote needs a shared token: --token or ${TOKEN_ENV}")
+    try:
+        load_preset(args.preset)
+    except PresetError as e:
+        raise SystemExit(f"--preset: {e}")
+    try:
+        settings = BridgeSettings(
+            preset=args.preset, max_sessions=args.max_sessions, max_packet_bytes=args.max_packet_bytes,
+            max_rate=args.max_rate, max_queued_blocks=args.max_queued_blocks, reassembly_ms=args.reassembly_ms,
+            idle_timeout_s=args.idle_timeout, token=token)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    if args.workers is not None and args.workers < 1:
+        raise SystemExit(f"--workers = {args.workers} must be at least 1")
+    options = {key: value for key, value in (("backend", args.runtime), ("provider", args.provider)) if value}
+    try:
+        runtime = load_runtime(args.model, **options)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"cannot load the model: {e}")
+    server = BridgeServer(runtime, settings, args.host, args.port, batching=not args.no_batching,
+                          workers=args.workers, model=args.model or default_model_dir())
+    try:
+        asyncio.run(serve(server))
+    except OSError as e:
+        raise SystemExit(f"cannot listen on {args.host}:{args.port}: {e}")
+    return 0

@@ -1,0 +1,58 @@
+"""Where session work runs: worker threads, one block at a time per session, several sessions at once.
+
+Without batching, a pool of ``workers`` threads (one per core by default) runs sessions' blocks side by side;
+the runtime's ops release the GIL, so blocks of different sessions use different cores. With batching, every
+session with a block in flight gets a thread, and their runtime calls meet in a ``BatchingRuntime``, which runs
+them as batches, ``workers`` calls at once. Sessions must be built on ``engine.runtime`` for their calls to be
+batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from lmdm_engine.runtime import Runtime
+from lmdm_engine.session import Session
+
+from .batching import BatchingRuntime
+
+
+class Engine:
+    def __init__(self, runtime: Runtime, batching: bool = True, workers: int | None = None, max_sessions: int = 32):
+        self.batching = batching
+        workers = workers or os.cpu_count() or 1
+        self.runtime: Runtime = BatchingRuntime(runtime, parallel=workers) if batching else runtime
+        threads = max_sessions if batching else workers
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="lmdm-engine")
+        self.process_seconds = 0.0  # wall time spent in session.process (summed over threads)
+        self._lock = threading.Lock()
+
+    async def run(self, fn, *args):
+        """``fn(*args)`` in a worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def process(self, session: Session, audio: np.ndarray, restart: bool) -> np.ndarray:
+        """``session.process(audio)`` in a worker thread, after ``session.reset()`` when ``restart``."""
+        return await self.run(self._process, session, audio, restart)
+
+    def _process(self, session: Session, audio: np.ndarray, restart: bool) -> np.ndarray:
+        start = time.perf_counter()
+        try:
+            if restart:
+                session.reset()
+            if isinstance(self.runtime, BatchingRuntime):
+                with self.runtime.participant():
+                    return session.process(audio)
+            return session.process(audio)
+        finally:
+            with self._lock:
+                self.process_seconds += time.perf_counter() - start
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,72 @@
+"""BridgeEffect, the Pedalboard-style effect on a bridge: same output as a local Session, same call shapes."""
+
+import numpy as np
+import pytest
+
+from lmdm_bridge import BlockFlag, BridgeClient, BridgeEffect
+from lmdm_engine.session import Session
+
+from conftest import tone
+from test_bridge_support import DELAY, running_bridge
+
+
+@pytest.fixture(scope="module")
+def bridge(debug_runtime):
+    with running_bridge(debug_runtime) as thread:
+        yield thread
+
+
+def local(runtime, rate, channels, **params):
+    return Session(runtime, rate, channels, "glass_bells", delay_seconds=DELAY, **params)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_effect_equals_a_local_session_for_the_same_input_and_seed(bridge, debug_runtime, transport):
+    x = tone(1.5, 44100, seed=3)
+    address = bridge.server.tcp_address if transport == "tcp" else bridge.server.udp_address
+    # one block in flight: a burst of five datagrams fits any default UDP receive buffer
+    with BridgeEffect(*address, "glass_bells", transport=transport, block_seconds=0.1, window=1, delay_seconds=DELAY,
+                      seed=7, strength=0.8) as effect:
+        wet = effect(x, 44100)
+        assert wet.shape == x.shape and wet.dtype == np.float32 and effect.flags == 0
+        np.testing.assert_array_equal(wet, local(debug_runtime, 44100, 2, seed=7, strength=0.8).process(x))
+        assert effect.latency_samples == local(debug_runtime, 44100, 2).latency_samples
+        again = effect(x, 44100)  # __call__ starts from a fresh session, like a Pedalboard plugin
+        np.testing.assert_array_equal(again, wet)
+
+
+def test_streaming_chunks_carry_on_and_reset_starts_over(bridge, debug_runtime):
+    x = tone(1.0, 48000, seed=4)
+    with BridgeEffect(*bridge.server.tcp_address, "glass_bells", delay_seconds=DELAY) as effect:
+        pieces = [effect.process(x[:, a:b], 48000) for a, b in ((0, 1000), (1000, 1001), (1001, 30000),
+                                                                 (30000, 48000))]
+        np.testing.assert_array_equal(np.concatenate(pieces, 1), local(debug_runtime, 48000, 2).process(x))
+        restarted = effect.process(x[:, :5000], 48000, reset=True)
+        np.testing.assert_array_equal(restarted, local(debug_runtime, 48000, 2).process(x[:, :5000]))
+
+
+def test_mono_1d_and_a_new_sample_rate_reopen_the_session(bridge, debug_runtime):
+    mono = tone(0.5, 22050, channels=1)[0]
+    with BridgeEffect(*bridge.server.tcp_address, "glass_bells", delay_seconds=DELAY) as effect:
+        out = effect(mono, 22050)
+        assert out.shape == mono.shape
+        np.testing.assert_array_equal(out, local(debug_runtime, 22050, 1).process(mono[None])[0])
+        stereo = tone(0.5, 16000)
+        np.testing.assert_array_equal(effect(stereo, 16000), local(debug_runtime, 16000, 2).process(stereo))
+        with pytest.raises(ValueError, match=r"\[channels, frames\] with 1 or 2 channels"):
+            effect(np.zeros((3, 100), np.float32), 16000)
+
+
+def test_client_calls_and_flags(bridge):
+    with BridgeClient(*bridge.server.tcp_address) as client:
+        info = client.open("c", 16000, 1, 1600, "glass_bells", delay_seconds=DELAY)
+        assert info.latency_samples > 0 and info.values["deadline_ms"] == pytest.approx(100.0)  # one block
+        block = np.zeros((1, 1600), np.float32)
+        block[0, 5] = np.nan
+        assert client.process("c", block).flags == BlockFlag.BAD_INPUT
+        assert client.ping(1.5, "x") == (1.5, "x")
+        assert client.status()["sessions"] >= 1
+        assert client.reset("c").latency_samples == info.latency_samples
+        with pytest.raises(ValueError, match=r"shape \[1, 1..1600\]"):
+            client.send_block("c", np.zeros((1, 1601), np.float32))
+        assert client.close("c")["bad_input"] == 1

@@ -1,0 +1,125 @@
+"""The bridge over real TCP sockets on loopback: both OSC stream framings, several sessions, raw hand-built bytes."""
+
+import socket
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from lmdm_bridge import BridgeClient, BridgeError
+from lmdm_bridge.framing import LengthPrefixFraming, SlipFraming
+from lmdm_bridge.osc import decode_packet
+from lmdm_bridge.protocol import parse_reply
+from lmdm_engine.session import Session
+
+from test_bridge_support import DELAY, RATE, hand_built, running_bridge, stereo_noise
+
+BLOCK = 4800
+
+
+@pytest.fixture
+def bridge(debug_runtime):
+    with running_bridge(debug_runtime) as thread:
+        yield thread
+
+
+@pytest.mark.parametrize("framing", ["length-prefix", "slip"])
+def test_several_sessions_on_one_connection_equal_local_sessions(bridge, debug_runtime, framing):
+    x = stereo_noise(6 * BLOCK)
+    with BridgeClient(*bridge.server.tcp_address, framing=framing) as client:
+        names = {"bass": dict(channels=1, seed=1), "keys": dict(channels=2, seed=2), "pad": dict(channels=2, seed=3)}
+        for name, p in names.items():
+            client.open(name, RATE, p["channels"], BLOCK, "tape_echo", deadline_ms=0, delay_seconds=DELAY,
+                        seed=p["seed"])
+        out = {name: [] for name in names}
+        for i in range(6):  # interleaved: all tracks send, then all read
+            seqs = {name: client.send_block(name, x[: p["channels"], i * BLOCK:(i + 1) * BLOCK])
+                    for name, p in names.items()}
+            for name, seq in seqs.items():
+                result = client.receive_block(name, seq)
+                assert result.flags == 0 and result.seq == i
+                out[name].append(result.audio)
+        for name, p in names.items():
+            local = Session(debug_runtime, RATE, p["channels"], "tape_echo", delay_seconds=DELAY, seed=p["seed"])
+            # batched with the other tracks: equal up to float summation order
+            np.testing.assert_allclose(np.concatenate(out[name], 1), local.process(x[: p["channels"]]), atol=1e-5)
+            assert client.close(name)["processed"] == 6
+    assert bridge.call(lambda: bridge.server.bridge.status()["sessions"]) == 0
+
+
+def raw_exchange(address, framing, packets: list[bytes], replies: int) -> list:
+    """Send hand-built packets framed by hand over a raw TCP socket; read ``replies`` replies back."""
+    with socket.create_connection(address, timeout=10) as sock:
+        for p in packets:
+            sock.sendall(struct.pack(">i", len(p)) + p if framing is LengthPrefixFraming
+                         else b"\xc0" + p.replace(b"\xdb", b"\xdb\xdd").replace(b"\xc0", b"\xdb\xdc") + b"\xc0")
+        decoder, out = framing(1 << 24), []
+        while len(out) < replies:
+            data = sock.recv(65536)
+            assert data, "the bridge closed the connection"
+            out += [parse_reply(m) for packet in decoder.feed(data) for m in decode_packet(packet)]
+        return out
+
+
+@pytest.mark.parametrize("framing", [LengthPrefixFraming, SlipFraming])
+def test_hand_built_osc_over_a_raw_socket(bridge, framing):
+    samples = np.full((1, 800), 0.25, np.float32)  # 800 mono frames at 8 kHz
+    packets = [
+        hand_built("/lmdm/ping", 42, "hello"),
+        hand_built("/lmdm/open", "raw", 8000, 1, 800, "", "deadline_ms", 0, "delay_seconds", DELAY),
+        hand_built("/lmdm/audio", "raw", 0, 0, 800, samples.astype("<f4").tobytes()),
+        hand_built("/lmdm/audio", "raw", 1, 0, 800, samples.astype("<f4").tobytes()),
+        hand_built("/lmdm/close", "raw"),
+    ]
+    pong, opened, first, second, closed = raw_exchange(bridge.server.tcp_address, framing, packets, 5)
+    assert pong.args == (42, "hello")
+    assert opened.values["latency_samples"] > 0 and opened.values["preset"] == "tape_echo"
+    assert (first.seq, second.seq, first.total_frames, first.flags) == (0, 1, 800, 0)
+    assert len(second.samples) == 800 * 4 and np.isfinite(np.frombuffer(second.samples, "<f4")).all()
+    assert closed.values["processed"] == 2
+
+
+def test_oversized_frame_is_answered_and_the_connection_goes_on(debug_runtime):
+    with running_bridge(debug_runtime, max_packet_bytes=4096) as thread:
+        big = hand_built("/lmdm/ping", b"x" * 10_000)
+        error, pong = raw_exchange(thread.server.tcp_address, LengthPrefixFraming,
+                                   [big, hand_built("/lmdm/ping", 1)], 2)
+        assert error.name == "too_large" and "larger than the limit of 4096" in error.message
+        assert pong.args == (1,)
+
+
+def test_garbage_stream_is_closed_and_the_server_carries_on(bridge):
+    with socket.create_connection(bridge.server.tcp_address, timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(100) == b""  # closed without an answer: there is no framing to answer in
+    with BridgeClient(*bridge.server.tcp_address) as client:
+        assert client.ping(7) == (7,)
+
+
+def test_a_dropped_connection_closes_its_sessions(bridge):
+    client = BridgeClient(*bridge.server.tcp_address)
+    client.open("gone", RATE, 2, BLOCK, "tape_echo", delay_seconds=DELAY)
+    client.send_block("gone", stereo_noise(BLOCK))
+    client.close_connection()
+    give_up = time.monotonic() + 10
+    while bridge.call(lambda: bridge.server.bridge.status()["sessions"]):
+        assert time.monotonic() < give_up
+        time.sleep(0.01)
+
+
+def test_errors_reach_the_client_with_their_reason(debug_runtime, tmp_path):
+    echo = tmp_path / "debug_echo.toml"  # a server-side preset file, chosen over the bridge by its name
+    echo.write_text('name = "debug_echo"\ndelay_seconds = 0.1\n')
+    with running_bridge(debug_runtime, preset=str(echo)) as thread, \
+            BridgeClient(*thread.server.tcp_address) as client:
+        with pytest.raises(BridgeError, match=r"bad_parameter .* delay_seconds=0.5 is outside this model's range"):
+            client.open("a", RATE, 2, BLOCK, "tape_echo", delay_seconds=0.5)
+        assert client.open("a", RATE, 2, BLOCK).values["preset"] == "debug_echo"
+        with pytest.raises(BridgeError, match=r"'strength' = 2.0 is out of range \[0.0, 1.0\]"):
+            client.set_params("a", strength=2.0)
+        with pytest.raises(BridgeError, match="unknown preset 'glass_bell'.*did you mean 'glass_bells'"):
+            client.set_preset("a", "glass_bell")
+        with pytest.raises(BridgeError, match="presets are chosen by name"):
+            client.set_preset("a", str(echo))
+        assert client.set_preset("a", "debug_echo")["preset"] == "debug_echo"
