@@ -6,7 +6,7 @@ is the whole command (worker start-up and model loading included); the real-time
 
 Peak memory: one stem of each length in ``--memory-minutes`` (default 1 and 20) is processed by a fresh
 ``lmdm process FILE -o OUT.wav --spectrogram OUT.png`` (one process, --jobs 1), and the peak resident memory of that
-process is read from the kernel (wait4). Streaming should keep it flat whatever the length.
+process is its own high-water mark (VmHWM). Streaming should keep it flat whatever the length.
 
     python benchmarks/bench_batch.py [--stems 8] [--seconds 60] [--jobs 1 2] [--memory-minutes 1 20] [--markdown]
 
@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from _common import machine, print_table
+from _common import machine, print_table, run_measured
 from lmdm_engine.runtime import BACKENDS, DEFAULT_BACKEND
 
 NOTES_HZ = (220.0, 277.2, 329.6, 440.0, 392.0)
@@ -60,14 +57,8 @@ def run_lmdm(arguments: list[str]) -> tuple[float, float, dict]:
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "report.json"
         command = [sys.executable, "-m", "lmdm_engine.cli", "process", *arguments, "--quiet", "--report", str(report)]
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(process.pid, 0)  # this child's own peak memory, not all children's
-        wall = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait for it
-        if process.returncode != 0:
-            raise SystemExit(f"{' '.join(command)} failed with exit code {process.returncode}")
-        return wall, usage.ru_maxrss / 1024, json.loads(report.read_text())  # Linux reports KiB
+        wall, peak_mib = run_measured(command)
+        return wall, peak_mib, json.loads(report.read_text())
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ continuations (the first blocks only, as far as the clips go): the floor that th
 
     python benchmarks/bench_drift.py --arc runs/arc/main/model [--outpaint runs/default/outpaint/model]
         [--lmdm runs/default/lmdm/model] [--data data/corpus] [--steps 1 2 4 8] [--blocks 64] [--contexts 64]
-        [--threads 2] [--markdown] [--plot docs/drift.png] [--json docs/drift.json]
+        [--threads 1] [--markdown] [--plot docs/drift.png] [--json docs/drift.json]
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, default=64)
     parser.add_argument("--sampler", default="pingpong", choices=["euler", "pingpong"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (with other jobs on a 2-core CPU, 2 threads ran many times slower than 1)")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--plot", default=None, metavar="PNG")
     parser.add_argument("--json", default=None, metavar="JSON")

@@ -7,7 +7,7 @@ each runtime, mono and stereo. Reported: model-only and whole-block mean / p99 m
 
 Part 2, `lmdm process` on a 60 s stereo 48 kHz file with the ONNX runtime, in fresh processes: start-up to the
 first processed block (interpreter start, imports, model load, one block), the whole run's wall time and the
-peak resident memory of the process (ru_maxrss of the child).
+peak resident memory of the process (its own VmHWM).
 
     python benchmarks/bench_runtime.py [--blocks 60] [--markdown]
 """
@@ -15,7 +15,6 @@ peak resident memory of the process (ru_maxrss of the child).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from _common import machine, print_table
+from _common import machine, print_table, run_measured
 from bench_realtime import test_signal
 from lmdm_engine.codec import StreamingCodec
 from lmdm_engine.presets import DEFAULT_PRESET, load_preset
@@ -67,25 +66,6 @@ def per_block(runtime, channels: int, blocks: int, preset) -> tuple[np.ndarray, 
             model_s.append(model_end - model_start)
             block_s.append(end - start)
     return np.asarray(model_s), np.asarray(block_s)
-
-
-def run_measured(command: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak resident MiB of a child process. The peak is the child's own VmHWM, polled every
-    10 ms: getrusage's ru_maxrss would count the pages a forked child shares with this (torch-laden) process."""
-    start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    peak_kib = 0
-    status = Path(f"/proc/{child.pid}/status")
-    while child.poll() is None:
-        try:
-            hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")]
-            peak_kib = max(peak_kib, int(hwm[0].split()[1])) if hwm else peak_kib
-        except (OSError, IndexError, ValueError):
-            pass
-        time.sleep(0.01)
-    if child.returncode:
-        raise subprocess.CalledProcessError(child.returncode, command)
-    return time.perf_counter() - start, peak_kib / 1024
 
 
 def startup_and_memory(preset: str, seconds: float = 60.0) -> tuple[float, float, float]:

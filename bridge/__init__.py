@@ -3,6 +3,8 @@ back (protocol: bridge/PROTOCOL.md). Layers, each usable alone: ``osc`` (codec),
 ``blocks`` (audio chunks), ``protocol`` (namespace), ``dispatch``/``hosted`` (requests and sessions),
 ``engine``/``batching`` (where sessions run), ``server`` (sockets), ``client``."""
 
+import lmdm_engine  # noqa: F401  (first: it keeps numpy's BLAS to one thread, which must be set before numpy loads)
+
 from .client import BridgeClient, BridgeEffect, BridgeError, BlockResult, OpenInfo
 from .dispatch import BridgeSettings
 from .protocol import BlockFlag, ErrorCode

@@ -124,13 +124,14 @@ def test_mismatched_styles_skip_equal_and_missing_styles():
     assert valid.tolist() == [False, False, True, False]
 
 
-def test_each_loss_changes_its_weights(corpus, lmdm_dir):
+@pytest.mark.parametrize("disc_context_blocks", [0, 1])
+def test_each_loss_changes_its_weights(corpus, lmdm_dir, disc_context_blocks):
     """A few steps move the generator and the discriminator; the contrastive term changes what D learns."""
     def run(**kw):
         torch.manual_seed(0)
         model = Denoiser.from_pretrained(lmdm_dir)
         clips = load_clips(corpus, model.config, "train")
-        options = arc_options(**kw)
+        options = arc_options(disc_context_blocks=disc_context_blocks, **kw)
         stage = ArcForcing(model, clips, options, torch.Generator().manual_seed(0))
         before = {k: v.clone() for k, v in model.state_dict().items()}
         disc_before = {k: v.clone() for k, v in stage.disc.state_dict().items()}
@@ -169,3 +170,19 @@ def test_train_stage_resumes_to_the_same_losses(tmp_path, corpus, lmdm_dir):
         torch.testing.assert_close(v, reference[k], rtol=1e-5, atol=1e-6)
     files = sorted(p.name for p in (resumed / "train_state").iterdir())
     assert files == ["state.json", "state.safetensors"]
+
+
+def test_cli_passes_the_arc_options(tmp_path, monkeypatch):
+    from lmdm_engine import cli, train as train_module
+
+    seen = {}
+    monkeypatch.setattr(train_module, "train", lambda out, data, options, **kw: seen.setdefault("options", options))
+    args = cli.build_parser().parse_args(
+        ["train", "--stage", "arc-forcing", "-o", str(tmp_path), "--init", str(tmp_path), "--data", str(tmp_path),
+         "--lr", "1e-5", "--disc-lr", "2e-4", "--rollout-blocks", "12", "--max-sampling-steps", "2",
+         "--disc-context-blocks", "0", "--contrastive-weight", "0.5"])
+    assert cli.cmd_train(args) == 0
+    o = seen["options"]
+    assert (o.stage, o.lr, o.disc_lr, o.rollout_blocks, o.max_sampling_steps, o.disc_context_blocks,
+            o.contrastive_weight) == ("arc-forcing", 1e-5, 2e-4, 12, 2, 0, 0.5)
+    assert o.disc_layer == TrainOptions.disc_layer and o.sampler == TrainOptions.sampler  # not given: defaults

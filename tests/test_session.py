@@ -203,3 +203,15 @@ def test_runtime_concat_and_split_states_round_trip(debug_runtime):
     for name in a:
         np.testing.assert_array_equal(np.asarray(a2[name]), np.asarray(a[name]))
         np.testing.assert_array_equal(np.asarray(b2[name]), np.asarray(b[name]))
+
+
+def test_importing_the_engine_keeps_numpy_blas_to_one_thread():
+    """The codec's small matrix products gain nothing from BLAS threads, which only steal the other cores."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    code = "import lmdm_bridge, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
