@@ -103,7 +103,7 @@ def plot(path: Path, results: dict, real: list[float], steps: list[int]) -> Path
             curve = by_steps[str(n)]["per_block"]
             ax.plot(np.arange(1, len(curve) + 1), curve, label=name)
         ax.axhline(float(np.mean(real)), color="gray", linestyle="--", label="real (floor)")
-        ax.set_yscale("log")
+        ax.set_ylim(bottom=0)
         ax.set_title(f"{n} step{'s' if n > 1 else ''}")
         ax.set_xlabel("block")
         ax.grid(alpha=0.3)

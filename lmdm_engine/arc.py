@@ -13,7 +13,7 @@ Each training step, starting from the block-causal (lmdm) model:
    a small head on that layer's hidden states scores each block at its time, under its style, after the
    ``disc_context_blocks`` clean blocks before it (for a generated block: the stream it was generated after; for
    a real one: the real audio before it), so it judges continuations, not only blocks.
-4. **Losses** (relativistic pairing, as in ARC post-training, Novack et al. 2025, arXiv 2505.08175):
+4. **Losses** (relativistic pairing):
    generator ``softplus(D_real - D_fake)``; discriminator ``softplus(D_fake - D_real)`` plus
    ``contrastive_weight * softplus(D(real, other style) - D(real, own style))``, which teaches the discriminator to
    check the style conditioning (and so, through it, the generator).
@@ -47,6 +47,7 @@ class Discriminator(nn.Module):
             raise ValueError(f"disc_layer must be in 1..{generator.config.depth}, got {layers}")
         self.layers = layers
         self.backbone = Denoiser(generator.config.replace(depth=layers)).to(generator.latent_scale.device)
+        del self.backbone.final_modulation, self.backbone.out_proj  # the velocity head: not used here
         self.backbone.load_state_dict(generator.state_dict(), strict=False)  # drops the blocks after `layers`
         w = generator.config.width
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, w), nn.SiLU(), nn.Linear(w, 1))

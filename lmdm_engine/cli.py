@@ -252,12 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(p)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=5e-4,
+                   help="peak learning rate (arc-forcing: the generator's; scripts/train_arc_forcing.sh uses 1e-5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop and save after this long (0: no limit)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--ema-decay", type=float, default=None, help="decay of the saved EMA weights (default 0.995)")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="decay of the saved EMA weights (default: lmdm_engine.train.TrainOptions)")
     arc = p.add_argument_group("arc-forcing (defaults: lmdm_engine.train.TrainOptions)")
     arc.add_argument("--rollout-blocks", type=int, default=None,
                      help="blocks the model streams on its own outputs per training step")

@@ -253,6 +253,8 @@ def train(out_dir: str | Path, data: str | Path, options: TrainOptions, config: 
     resuming = (state_dir / "state.json").is_file()
     if resuming:  # the saved model folder carries the config, whatever the caller passed
         config, init = ModelConfig.load(model_dir), None
+    elif options.stage == "arc-forcing" and init is None:
+        raise ValueError("arc-forcing post-trains a block-causal model: pass init=the lmdm stage's model folder")
     probe_config = config or ModelConfig.load(init)
     clips = load_clips(data, probe_config, "train")
     model = build_model(options, config, init, clips)

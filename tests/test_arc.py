@@ -172,6 +172,11 @@ def test_train_stage_resumes_to_the_same_losses(tmp_path, corpus, lmdm_dir):
     assert files == ["state.json", "state.safetensors"]
 
 
+def test_arc_forcing_needs_a_model_to_start_from(tmp_path, corpus):
+    with pytest.raises(ValueError, match="init="):
+        train(tmp_path, corpus, arc_options(), config=debug_config(), progress=False)
+
+
 def test_cli_passes_the_arc_options(tmp_path, monkeypatch):
     from lmdm_engine import cli, train as train_module
 
