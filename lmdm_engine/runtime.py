@@ -1,7 +1,8 @@
 """Runtimes: what runs the denoiser for a Session. One interface, numpy arrays in and out.
 
-A runtime holds the model and answers three calls on a streaming state (the flat dict of named KV-cache tensors,
-see ``model.cache_names``): ``new_state``, ``append_context`` and ``velocity``. The Session never sees torch.
+A runtime holds the model and answers calls on a streaming state (the flat dict of named KV-cache tensors, see
+``model.cache_names``): ``new_state``, ``append_context`` and ``velocity``, plus ``concat_states`` and
+``split_state`` to run several sessions as one batch. The Session never sees torch.
 """
 
 from __future__ import annotations

@@ -145,7 +145,8 @@ class OnnxRuntime:
         step = self.manifest["graphs"]["denoiser_step"]
         self.session, self.provider, why = open_session(self.manifest["folder"] / step["file"], provider, threads)
         log.info("ONNX Runtime on %s (%s): %s", self.provider.upper(), why, self.manifest["folder"])
-        self.state_names = [i["name"] for i in step["inputs"] if i["name"] not in ("latents", "time", "style", "context")]
+        self._present = self.manifest["state"]["denoiser_step"]  # state input -> the output that replaces it
+        self.state_names = list(self._present)
         self._shapes = {i["name"]: i["shape"] for i in step["inputs"]}
         self.io_binding = self.provider == "cuda" if io_binding is None else io_binding
         self._device = "cuda" if self.provider == "cuda" else "cpu"
@@ -163,7 +164,7 @@ class OnnxRuntime:
         return {k: ort.OrtValue.ortvalue_from_numpy(v, self._device, 0) for k, v in state.items()}
 
     def _to_host(self, state: dict) -> dict:
-        return {k: v.numpy() if isinstance(v, ort.OrtValue) else v for k, v in state.items() if k != PENDING}
+        return {k: v.numpy() if isinstance(v, ort.OrtValue) else v for k, v in state.items()}
 
     def concat_states(self, states: list[dict]) -> dict:
         """Queued context frames travel with the batch when every state has the same number queued (so the batch's
@@ -180,17 +181,15 @@ class OnnxRuntime:
         return out
 
     def split_state(self, state: dict, sizes: list[int]) -> list[dict]:
-        host = self._to_host(state)
-        if PENDING in state:
-            host[PENDING] = state[PENDING]
         cuts = np.cumsum(sizes)[:-1]
-        parts = {name: np.split(value, cuts, 0) for name, value in host.items()}
-        out = [{name: parts[name][i] for name in self.state_names} for i in range(len(sizes))]
-        if self.io_binding:
-            out = [self._to_device(s) for s in out]
-        if PENDING in state:
-            for i, s in enumerate(out):
-                s[PENDING] = parts[PENDING][i]
+        parts = {name: np.split(value, cuts, 0) for name, value in self._to_host(state).items()}
+        out = []
+        for i in range(len(sizes)):
+            cache = {name: parts[name][i] for name in self.state_names}
+            cache = self._to_device(cache) if self.io_binding else cache
+            if PENDING in parts:
+                cache[PENDING] = parts[PENDING][i]
+            out.append(cache)
         return out
 
     # ---- the step ---------------------------------------------------------------------------------
@@ -202,7 +201,7 @@ class OnnxRuntime:
             "style": np.ascontiguousarray(style, np.float32),
             "context": np.ascontiguousarray(context, np.float32),
         }
-        outputs = ["velocity"] + ([present_name(n) for n in self.state_names] if want_state else [])
+        outputs = ["velocity"] + ([self._present[n] for n in self.state_names] if want_state else [])
         if not self.io_binding:
             result = self.session.run(outputs, {**feeds, **{n: state[n] for n in self.state_names}})
             return result[0], dict(zip(self.state_names, result[1:]))
