@@ -36,7 +36,8 @@ def bytes_to_audio(data: bytes, channels: int) -> np.ndarray:
     if len(data) % frame_bytes:
         raise ChunkError(f"blob of {len(data)} bytes is not a whole number of {channels}-channel float32 frames "
                          f"({frame_bytes} bytes each)")
-    return np.frombuffer(data, SAMPLE_DTYPE).reshape(-1, channels).T.astype(np.float32)
+    # one copy, straight into the [channels, frames] layout the engine takes (C order)
+    return np.array(np.frombuffer(data, SAMPLE_DTYPE).reshape(-1, channels).T, dtype=np.float32, order="C")
 
 
 def chunk_spans(total_frames: int, frames_per_chunk: int) -> list[tuple[int, int]]:
@@ -66,10 +67,15 @@ class AssembledBlock:
 
 
 class _PartialBlock:
-    def __init__(self, channels: int, total_frames: int, now: float):
-        self.audio = np.zeros((channels, total_frames), np.float32)
-        self.filled = np.zeros(total_frames, bool)
-        self.received = 0
+    def __init__(self, channels: int, total_frames: int, now: float, whole: np.ndarray | None = None):
+        if whole is None:
+            self.audio = np.zeros((channels, total_frames), np.float32)
+            self.filled = np.zeros(total_frames, bool)
+            self.received = 0
+        else:  # the whole block came in one chunk: no buffer to fill
+            self.audio = whole
+            self.filled = np.ones(total_frames, bool)
+            self.received = total_frames
         self.first_arrival = now
 
     @property
@@ -109,6 +115,9 @@ class BlockAssembler:
             raise ChunkError(f"seq={seq} is {seq - self.next_seq} blocks ahead of the next expected seq "
                              f"{self.next_seq}; at most {self.window - 1} blocks may arrive early")
         block = self._pending.get(seq)
+        if block is None and frames == total_frames:  # the usual case over TCP: one chunk holds the block
+            self._pending[seq] = _PartialBlock(self.channels, total_frames, now, audio)
+            return self.poll(now)
         if block is None:
             block = self._pending[seq] = _PartialBlock(self.channels, total_frames, now)
         elif block.filled.size != total_frames:

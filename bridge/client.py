@@ -17,15 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .blocks import BlockAssembler
-from .framing import FRAMINGS, FramingError
+from .framing import FRAMINGS, FramingError, LengthPrefixFraming
 from .osc import Message, OscDecodeError, decode_packet, encode_message
 from .protocol import (AUDIO, CLOSE, OPEN, PARAM, PING, PRESET, RESET, STATUS, STYLE_PREFIX, AudioReply, BlockFlag,
-                       ErrorCode, ErrorReply, InfoReply, ProtocolError, audio_messages, parse_reply)
+                       ErrorCode, ErrorReply, InfoReply, ProtocolError, audio_packets, parse_reply)
 
 log = logging.getLogger("lmdm_bridge.client")
 
 UDP_PACKET_BYTES = 8192
 UDP_RECEIVE_BUFFER = 4 << 20
+UDP_DRAIN = 64  # datagrams read at most in one go
 
 
 class BridgeError(RuntimeError):
@@ -81,6 +82,8 @@ class BridgeClient:
         self.warnings: deque[str] = deque(maxlen=100)  # errors that belonged to no call (e.g. rate limiting)
         self._sessions: dict[str, _ClientSession] = {}
         self._replies: deque = deque()  # InfoReply / ErrorReply not about a block, oldest first
+        self._buffer = bytearray(1 << 20)  # reads land here (one buffer for the connection's life)
+        self._view = memoryview(self._buffer)
         if transport == "tcp":
             self._sock = socket.create_connection((host, port), timeout=timeout)
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -139,8 +142,16 @@ class BridgeClient:
             raise ValueError(f"expected a block of shape [{s.channels}, 1..{s.block_frames}], got {audio.shape}")
         seq, s.next_seq = s.next_seq, s.next_seq + 1
         s.sent[seq] = audio
-        for message in audio_messages(AUDIO, session, seq, audio, None, self._max_packet):
-            self._send(message)
+        if self.transport == "udp":
+            for packet in audio_packets(AUDIO, session, seq, audio, None, self._max_packet, doubles=True):
+                self._sock.send(packet)
+        elif isinstance(self._framing, LengthPrefixFraming):  # the size prefix goes in front, in the same buffer
+            (packet,) = audio_packets(AUDIO, session, seq, audio, None, None, doubles=True, reserve=4)
+            packet[:4] = (len(packet) - 4).to_bytes(4, "big")
+            self._sock.sendall(packet)
+        else:
+            (packet,) = audio_packets(AUDIO, session, seq, audio, None, None, doubles=True)
+            self._sock.sendall(self._framing.encode(bytes(packet)))
         return seq
 
     def receive_block(self, session: str, seq: int, timeout: float | None = None) -> BlockResult:
@@ -189,17 +200,29 @@ class BridgeClient:
         """Read what arrives within ``timeout`` (at least one read) and file each reply where it belongs."""
         self._sock.settimeout(timeout)
         try:
-            data = self._sock.recv(1 << 20)
+            size = self._sock.recv_into(self._buffer)
         except (socket.timeout, BlockingIOError):
             return
         except ConnectionRefusedError:  # UDP: nothing listens at the bridge's address (ICMP)
             raise ConnectionError("the bridge is not reachable (connection refused)") from None
         if self.transport == "tcp":
-            if not data:
+            if not size:
                 raise ConnectionError("the bridge closed the connection")
-            packets = self._framing.feed(data)
+            packets = self._framing.feed(self._view[:size])
         else:
-            packets = [data]
+            packets = [bytes(self._view[:size])]
+            # a block's reply is many datagrams: take those already here in this call, without waiting again
+            self._sock.setblocking(False)
+            try:
+                while len(packets) < UDP_DRAIN:
+                    size = self._sock.recv_into(self._buffer)
+                    packets.append(bytes(self._view[:size]))
+            except BlockingIOError:
+                pass
+            except ConnectionRefusedError:
+                raise ConnectionError("the bridge is not reachable (connection refused)") from None
+            finally:
+                self._sock.settimeout(timeout)
         for packet in packets:
             if isinstance(packet, FramingError):
                 log.warning("unreadable frame from the bridge: %s", packet)

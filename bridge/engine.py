@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 
@@ -37,22 +38,30 @@ class Engine:
         """``fn(*args)`` in a worker thread."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def process(self, session: Session, audio: np.ndarray, restart: bool) -> np.ndarray:
-        """``session.process(audio)`` in a worker thread, after ``session.reset()`` when ``restart``."""
-        return await self.run(self._process, session, audio, restart)
+    async def process(self, session: Session, audio: np.ndarray, restart: bool,
+                      finish: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+        """``session.process(audio)`` in a worker thread, after ``session.reset()`` when ``restart``. ``finish``
+        is called with the output in that thread as soon as it is ready (to send the reply from there, without
+        waiting for the event loop to take it up); it must not raise."""
+        return await self.run(self._process, session, audio, restart, finish)
 
-    def _process(self, session: Session, audio: np.ndarray, restart: bool) -> np.ndarray:
+    def _process(self, session: Session, audio: np.ndarray, restart: bool,
+                 finish: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
         start = time.perf_counter()
         try:
             if restart:
                 session.reset()
             if isinstance(self.runtime, BatchingRuntime):
                 with self.runtime.participant():
-                    return session.process(audio)
-            return session.process(audio)
+                    out = session.process(audio)
+            else:
+                out = session.process(audio)
         finally:
             with self._lock:
                 self.process_seconds += time.perf_counter() - start
+        if finish is not None:
+            finish(out)
+        return out
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

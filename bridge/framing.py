@@ -49,27 +49,40 @@ class LengthPrefixFraming:
             self._skip -= dropped
             view = view[dropped:]
         buf = self._buffer
-        buf += view
+        # frames are read straight from ``data`` when nothing is buffered (a whole packet in one read: one copy,
+        # into the packet), else from the buffer; only what is left over is buffered
+        if buf:
+            buf += view
+            src = memoryview(buf)
+        else:
+            src = view
         pos = 0
-        while len(buf) - pos >= 4:
-            size = _SIZE.unpack_from(buf, pos)[0]
-            if size < 0:
-                raise FramingError(f"negative frame size {size}: not an OSC 1.0 length-prefixed stream")
-            available = len(buf) - pos - 4
-            if size > self.max_packet:
-                out.append(FramingError(f"frame of {size} bytes is larger than the limit of {self.max_packet}"))
+        try:
+            while len(src) - pos >= 4:
+                size = _SIZE.unpack_from(src, pos)[0]
+                if size < 0:
+                    raise FramingError(f"negative frame size {size}: not an OSC 1.0 length-prefixed stream")
+                available = len(src) - pos - 4
+                if size > self.max_packet:
+                    out.append(FramingError(f"frame of {size} bytes is larger than the limit of {self.max_packet}"))
+                    if available < size:
+                        self._skip = size - available
+                        pos = len(src)
+                        break
+                    pos += 4 + size
+                    continue
                 if available < size:
-                    self._skip = size - available
-                    pos = len(buf)
                     break
+                if size:  # an empty frame carries no packet
+                    out.append(bytes(src[pos + 4: pos + 4 + size]))
                 pos += 4 + size
-                continue
-            if available < size:
-                break
-            if size:  # an empty frame carries no packet
-                out.append(bytes(buf[pos + 4: pos + 4 + size]))
-            pos += 4 + size
-        del buf[:pos]
+        finally:
+            if src is not view:
+                src.release()
+        if src is view:
+            buf += view[pos:]
+        else:
+            del buf[:pos]
         return out
 
 

@@ -1,8 +1,11 @@
 """One host's stream served by one engine Session: ordering, deadlines and exactly one reply per block.
 
 Chunks go through a ``BlockAssembler``; whole blocks and control requests (param, preset, reset, close) go into one
-queue that a pump task works through in order, running the Session in the engine's threads. Replies leave in
-sequence order, each block answered exactly once:
+queue that a pump task works through in order, running the Session in the engine's threads. A processed block's
+reply is sent by the worker thread that ran it, as soon as it is ready (transports whose peers take sends from any
+thread; the event loop only settles the counts afterwards); every other reply is sent from the event loop. A lock
+per session decides which one answers a block whose deadline races its processing. Replies leave in sequence order,
+each block answered exactly once:
 
 - processed, when the engine finishes it before its deadline;
 - dry with ``LATE``, when its deadline passes first (a block already running still updates the session, and its
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +46,15 @@ class Peer:
 
     key: tuple  # identity that owns sessions: one TCP connection, or one UDP source address
     max_packet: int | None  # largest message the peer takes from us; None: any size (a block is one message)
+    threadsafe_sends = False  # whether send_audio may be called from any thread (else only from the event loop)
 
     def send(self, message: Message) -> None: ...
+
+    def send_audio(self, session: str, seq: int, audio: np.ndarray, flags: int) -> None:
+        """One block's ``/lmdm/audio/reply`` (split into chunks when ``max_packet`` is set). Transports override
+        this to write the encoded packets without building messages first."""
+        for message in audio_messages(reply_address(AUDIO), session, seq, audio, flags, self.max_packet):
+            self.send(message)
 
     def set_congested(self, session: str, congested: bool) -> None:
         """A session of this peer has (or no longer has) many blocks waiting: a stream transport stops reading."""
@@ -60,6 +71,7 @@ class _Block:
     flags: BlockFlag
     deadline: float | None  # loop time by which it must be answered
     answered: bool = False
+    processed: bool = False  # answered processed, from the worker thread
     timer: asyncio.TimerHandle | None = None
 
 
@@ -90,6 +102,9 @@ class HostedSession:
         self._unanswered: deque[_Block] = deque()
         self._needs_restart = False
         self._closing = False
+        self._closing_now = False  # aborted: no more replies
+        # held while a reply is sent: by the event loop, or by the worker thread that finished the block
+        self._answering = threading.RLock()
         self._task = self._loop.create_task(self._pump(), name=f"lmdm session {self.id}")
         self._task.add_done_callback(self._finished)  # runs even when cancelled before it started
 
@@ -147,6 +162,8 @@ class HostedSession:
     def abort(self) -> None:
         """Stop now without replies (the peer is gone)."""
         self._closing = True
+        with self._answering:
+            self._closing_now = True
         self._cancel_timers()
         self._task.cancel()
 
@@ -155,8 +172,10 @@ class HostedSession:
 
     def answer_all_late(self) -> None:
         """Answer every waiting block dry and late now (shutdown that cannot wait any longer)."""
-        if self._unanswered:
-            self._expire_through(self._unanswered[-1])
+        with self._answering:
+            last = self._unanswered[-1] if self._unanswered else None
+        if last is not None:
+            self._expire_through(last)
 
     @property
     def backlog(self) -> int:
@@ -205,30 +224,55 @@ class HostedSession:
     def _expire_through(self, block: _Block) -> None:
         """Answer, dry and late, every block up to this one that is still unanswered."""
         while not block.answered:
-            head = self._unanswered[0]
-            self._answer(head, head.audio, BlockFlag.LATE)
+            with self._answering:
+                if block.answered:  # a worker answered it meanwhile
+                    break
+                head = self._unanswered[0]
+                self._answer(head, head.audio, BlockFlag.LATE)
 
     def _answer(self, block: _Block, audio: np.ndarray, flags: BlockFlag) -> None:
+        """Answer a block (from the event loop)."""
+        with self._answering:
+            if block.answered:  # a worker answered it meanwhile
+                return
+            self._send_answer(block, audio, flags)
+        if block.timer is not None:
+            block.timer.cancel()
+        self.peer.set_congested(self.id, self.backlog >= max(1, self.max_queued_blocks // 2))
+
+    def _send_answer(self, block: _Block, audio: np.ndarray, flags: BlockFlag) -> None:
+        """Send a block's reply: called with ``_answering`` held, from the loop or a worker thread."""
         assert self._unanswered and self._unanswered[0] is block, "replies must leave in sequence order"
         self._unanswered.popleft()
         block.answered = True
-        if block.timer is not None:
-            block.timer.cancel()
         flags |= block.flags
         if flags & BlockFlag.LATE:
             self.counts["late"] += 1
-        for message in audio_messages(reply_address(AUDIO), self.id, block.seq, audio, int(flags),
-                                      self.peer.max_packet):
-            self.peer.send(message)
-        self.peer.set_congested(self.id, self.backlog >= max(1, self.max_queued_blocks // 2))
+        self.peer.send_audio(self.id, block.seq, audio, int(flags))
+
+    def _answer_from_worker(self, block: _Block, out: np.ndarray, restart: bool) -> None:
+        """The engine's worker thread, as soon as the block is processed: send its reply from there (one thread
+        hand-off less than going back through the event loop), unless its deadline passed first. Only replies
+        leave here; counts, timers and back-pressure are settled on the loop when ``_process`` resumes."""
+        try:
+            with self._answering:
+                if block.answered or self._closing_now:
+                    return
+                flags = BlockFlag.RESTARTED if restart else BlockFlag(0)
+                self._send_answer(block, block.audio if block.flags & BlockFlag.BAD_INPUT else out, flags)
+                block.processed = True
+        except Exception:  # never into the engine: the loop answers the block if it is still unanswered
+            log.exception("session %r: failed to send the reply to block %d", self.id, block.seq)
 
     async def _process(self, block: _Block) -> None:
         if block.answered:  # answered late before it started: skipped
             self._needs_restart = True
             return
         restart, self._needs_restart = self._needs_restart, False
+        finish = ((lambda out: self._answer_from_worker(block, out, restart))
+                  if self.peer.threadsafe_sends else None)
         try:
-            out = await self.engine.process(self.session, block.audio, restart)
+            out = await self.engine.process(self.session, block.audio, restart, finish)
         except Exception as e:
             log.exception("session %r: the engine failed on block %d", self.id, block.seq)
             self._needs_restart = True  # the session may be half way through the block
@@ -241,6 +285,12 @@ class HostedSession:
             return
         if restart:
             self.counts["restarts"] += 1
+        if block.processed:  # answered from the worker thread
+            self.counts["processed"] += 1
+            if block.timer is not None:
+                block.timer.cancel()
+            self.peer.set_congested(self.id, self.backlog >= max(1, self.max_queued_blocks // 2))
+            return
         if block.answered:  # its deadline passed while it ran: answered dry already
             return
         self.counts["processed"] += 1
@@ -338,6 +388,8 @@ class HostedSession:
     def _cancel_timers(self) -> None:
         if self._assembly_timer is not None:
             self._assembly_timer.cancel()
-        for block in self._unanswered:
+        with self._answering:
+            unanswered = list(self._unanswered)
+        for block in unanswered:
             if block.timer is not None:
                 block.timer.cancel()

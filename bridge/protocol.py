@@ -8,13 +8,14 @@ argument at fault; replies are built by the ``*_reply`` functions. The client si
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from lmdm_engine.presets import SCHEMA
 
-from .blocks import audio_to_bytes, chunk_spans
+from .blocks import SAMPLE_DTYPE, audio_to_bytes, chunk_spans
 from .osc import Message, encode_message
 
 PREFIX = "/lmdm"
@@ -29,7 +30,10 @@ SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96
 STYLE_PREFIX = "style."
 # preset fields settable one value at a time (numbers and choices); the style goes tag by tag as style.<tag>, and
 # the rest (name, description, plugin chains) comes with a preset
-LIVE_FIELDS = tuple(name for name, spec in SCHEMA.items() if spec.kind in ("int", "float", "choice"))
+# Preset fields a host may change live: numbers, choices and the text prompt (not the name or the description).
+LIVE_FIELDS = tuple(name for name, spec in SCHEMA.items()
+                    if spec.kind in ("int", "float", "choice") or name == "prompt")
+MAX_PROMPT_BYTES = 512
 
 
 def reply_address(request_address: str) -> str:
@@ -225,6 +229,9 @@ def live_params(pairs: dict, where: str, session: str) -> LiveParams:
             fields[key] = _as_float(value, key, where)
         else:
             fields[key] = _as_str(value, key, where)
+            if key == "prompt" and (len(fields[key].encode()) > MAX_PROMPT_BYTES or not fields[key].isprintable()):
+                raise ProtocolError(ErrorCode.BAD_PARAMETER, f"{where}: prompt: expected at most {MAX_PROMPT_BYTES} "
+                                                             f"bytes of printable text", session)
     return LiveParams(fields, style)
 
 
@@ -383,6 +390,44 @@ def audio_messages(address: str, session: str, seq: int, audio: np.ndarray, flag
     return [Message(address, (session, seq, start, total, *extra,
                               samples[start * frame_bytes: (start + n) * frame_bytes]))
             for start, n in chunk_spans(total, frames_per_chunk)]
+
+
+def audio_packets(address: str, session: str, seq: int, audio: np.ndarray, flags: int | None = None,
+                  max_packet: int | None = None, doubles: bool = False, reserve: int = 0) -> list[bytearray]:
+    """The encoded packets of ``audio_messages(...)`` (the same bytes as ``encode_message`` makes of each), each
+    built in one buffer: the samples are written interleaved straight into it, with no intermediate copies of the
+    block. ``reserve`` bytes are left free at the start of each buffer (for a stream framing's size prefix)."""
+    channels, total = audio.shape
+    extra = () if flags is None else (int(flags),)
+    frame_bytes = 4 * channels
+    # everything before the blob's size (an empty blob's size is the last 4 bytes of its message); the chunks'
+    # headers differ only in frame_offset, an int32 followed by total_frames, the flags if any, and the blob size
+    head = encode_message(Message(address, (session, seq, 0, total, *extra, b"")), doubles)[:-4]
+    at = len(head) - 8 - 4 * len(extra)  # where frame_offset sits
+    if max_packet is None:
+        spans = [(0, total)]
+    else:
+        frames_per_chunk = (max_packet - len(head) - 4) // frame_bytes
+        if frames_per_chunk < 1:
+            raise ValueError(f"max_packet={max_packet} bytes leaves no room for audio after the "
+                             f"{len(head) + 4}-byte header")
+        spans = chunk_spans(total, frames_per_chunk)
+    if len(spans) == 1:  # one packet: the samples are interleaved straight into it
+        offset = reserve + len(head) + 4
+        packet = bytearray(offset + total * frame_bytes)
+        packet[reserve: offset - 4] = head
+        packet[offset - 4: offset] = _INT32_BE.pack(total * frame_bytes)
+        np.frombuffer(packet, SAMPLE_DTYPE, total * channels, offset).reshape(total, channels)[...] = audio.T
+        return [packet]
+    # chunks: the block interleaved once, each chunk's bytes joined behind its header (cheaper than per-chunk numpy)
+    samples = memoryview(audio_to_bytes(audio))
+    before, after, pad = head[:at], head[at + 4:], bytes(reserve)
+    return [bytearray().join((pad, before, _INT32_BE.pack(start), after, _INT32_BE.pack(n * frame_bytes),
+                              samples[start * frame_bytes: (start + n) * frame_bytes]))
+            for start, n in spans]
+
+
+_INT32_BE = struct.Struct(">i")
 
 
 # ---- reading replies (clients) ----------------------------------------------------------------------

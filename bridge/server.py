@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import itertools
 import logging
+import os
 import signal
 import socket
 import threading
@@ -22,15 +23,19 @@ from lmdm_engine.runtime import Runtime
 
 from .dispatch import Bridge, BridgeSettings
 from .engine import Engine
-from .framing import FramingError, detect_framing
+from .framing import FramingError, LengthPrefixFraming, detect_framing
 from .hosted import Peer
 from .osc import Message, encode_message
+from .protocol import AUDIO, audio_packets, reply_address
 
 log = logging.getLogger("lmdm_bridge")
 
 MAX_CONNECTIONS = 64
 MAX_WRITE_BUFFER = 64 << 20  # a TCP peer that stops reading its replies is dropped past this
 UDP_SOCKET_BUFFER = 4 << 20
+AUDIO_REPLY = reply_address(AUDIO)
+UDP_READ_BYTES = 1 << 16  # larger than any UDP datagram's payload
+UDP_DRAIN = 256  # datagrams read in one go at most, so that TCP peers and timers get their turn
 
 
 def is_loopback(host: str) -> bool:
@@ -42,9 +47,139 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
 
 
+# ---- writing from the event loop and from worker threads ------------------------------------------------------
+class _Writer:
+    """Writes to one transport from its event loop or from any other thread, in the order they are made.
+
+    A block's reply is sent by the worker thread that processed it (one thread hand-off less per block than
+    waking the event loop for it; see ``HostedSession._answer_from_worker``). asyncio transports belong to their
+    loop, so another thread writes to the socket itself, and only while nothing is waiting in the transport; what
+    it cannot write at once is handed to the loop, and the loop's own writes queue behind it. Every write holds
+    ``lock``; the transport's ``connection_lost`` marks the writer dead under it, before the socket is closed."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self.transport = None
+        self._handoff: list = []  # (write function, args) waiting for the loop, in order
+        self._dead = False
+
+    def _usable(self) -> bool:
+        return not self._dead and self.transport is not None and not self.transport.is_closing()
+
+    def _submit(self, direct, loop_write, *args) -> None:
+        """``direct(*args)`` from a thread other than the loop's (it returns the args of what is left to write,
+        or None), ``loop_write(*args)`` on the loop; called with ``lock`` held."""
+        if threading.get_ident() == self._loop_thread:
+            if self._handoff:
+                self._handoff.append((loop_write, args))
+            else:
+                loop_write(*args)
+            return
+        if not self._handoff and not self.transport.get_write_buffer_size():
+            args = direct(*args)
+            if args is None:
+                return
+        self._handoff.append((loop_write, args))
+        if len(self._handoff) == 1:
+            try:
+                self._loop.call_soon_threadsafe(self._flush)
+            except RuntimeError:  # the loop is closed: nothing can be written any more
+                self._handoff.clear()
+
+    def _flush(self) -> None:
+        with self.lock:
+            waiting, self._handoff = self._handoff, []
+            for loop_write, args in waiting:
+                if not self._usable():
+                    return
+                loop_write(*args)
+
+    def close(self) -> None:
+        """The transport is gone (from its ``connection_lost``): nothing more is written."""
+        with self.lock:
+            self._dead = True
+            self._handoff.clear()
+
+
+class _StreamWriter(_Writer):
+    def __init__(self, connection_number: int):
+        super().__init__()
+        self._number = connection_number
+        self._sock: socket.socket | None = None  # a duplicate of the connection's socket, for other threads
+
+    def attach(self, transport) -> None:
+        self.transport = transport
+        try:
+            sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+            sock.setblocking(False)
+            self._sock = sock
+        except (OSError, AttributeError):  # then other threads hand every write to the loop
+            self._sock = None
+
+    def write(self, data) -> None:
+        with self.lock:
+            if self._usable():
+                self._submit(self._send_now, self._write_transport, data)
+
+    def _send_now(self, data):
+        if self._sock is None:
+            return (data,)
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # the connection broke: the loop finds out on its side
+            return None
+        return None if sent == len(data) else (memoryview(data)[sent:],)
+
+    def _write_transport(self, data) -> None:
+        self.transport.write(data)
+        if self.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            log.warning("connection %d: over %d MiB of replies unread; closing it", self._number,
+                        MAX_WRITE_BUFFER >> 20)
+            self.transport.abort()
+
+    def close(self) -> None:
+        super().close()
+        with self.lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+
+class _DatagramWriter(_Writer):
+    def __init__(self, sock: socket.socket | None):
+        super().__init__()
+        self._sock = sock  # the endpoint's socket (the transport's own)
+
+    def send(self, packets: list, address) -> None:
+        with self.lock:
+            if self._usable():
+                self._submit(self._send_now, self._sendto_transport, packets, address)
+
+    def _send_now(self, packets: list, address):
+        if self._sock is None:
+            return packets, address
+        for i, packet in enumerate(packets):
+            try:
+                self._sock.sendto(packet, address)
+            except (BlockingIOError, InterruptedError):
+                return packets[i:], address
+            except OSError as e:  # as asyncio does: that datagram is dropped
+                log.debug("UDP: %s", e)
+        return None
+
+    def _sendto_transport(self, packets: list, address) -> None:
+        for packet in packets:
+            self.transport.sendto(packet, address)
+
+
 # ---- TCP ------------------------------------------------------------------------------------------------
 class TcpPeer(Peer):
     max_packet = None
+    threadsafe_sends = True
 
     def __init__(self, connection: "TcpConnection", framing):
         self.key = ("tcp", connection.number)
@@ -52,14 +187,19 @@ class TcpPeer(Peer):
         self._framing = framing
 
     def send(self, message: Message) -> None:
-        transport = self._connection.transport
-        if transport is None or transport.is_closing():
-            return
-        transport.write(self._framing.encode(encode_message(message)))
-        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-            log.warning("connection %d: over %d MiB of replies unread; closing it", self._connection.number,
-                        MAX_WRITE_BUFFER >> 20)
-            transport.abort()
+        self._write(self._framing.encode(encode_message(message)))
+
+    def send_audio(self, session: str, seq: int, audio, flags: int) -> None:
+        if isinstance(self._framing, LengthPrefixFraming):  # the size prefix goes in front, in the same buffer
+            (packet,) = audio_packets(AUDIO_REPLY, session, seq, audio, flags, reserve=4)
+            packet[:4] = (len(packet) - 4).to_bytes(4, "big")
+            self._write(packet)
+        else:
+            (packet,) = audio_packets(AUDIO_REPLY, session, seq, audio, flags)
+            self._write(self._framing.encode(bytes(packet)))
+
+    def _write(self, data) -> None:
+        self._connection.writer.write(data)
 
     def set_congested(self, session: str, congested: bool) -> None:
         self._connection.set_congested(session, congested)
@@ -74,6 +214,7 @@ class TcpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: TcpPeer | None = None
         self.closed = asyncio.get_running_loop().create_future()
+        self.writer = _StreamWriter(self.number)
         self._framing = None
         self._congested: set[str] = set()
         self._write_paused = False
@@ -86,6 +227,7 @@ class TcpConnection(asyncio.Protocol):
                         transport.get_extra_info("peername"), MAX_CONNECTIONS)
             transport.close()
             return
+        self.writer.attach(transport)
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -110,6 +252,7 @@ class TcpConnection(asyncio.Protocol):
                 self.server.bridge.handle_packet(item, self.peer)
 
     def connection_lost(self, exc) -> None:
+        self.writer.close()
         self.server.connections.discard(self)
         if self.peer is not None:
             self.server.bridge.peer_closed(self.peer)
@@ -144,19 +287,23 @@ class TcpConnection(asyncio.Protocol):
 
 # ---- UDP ------------------------------------------------------------------------------------------------
 class UdpPeer(Peer):
-    def __init__(self, transport: asyncio.DatagramTransport, source: tuple, max_packet: int, reply_to=None):
+    threadsafe_sends = True
+
+    def __init__(self, writer: _DatagramWriter, source: tuple, max_packet: int, reply_to=None):
         self.key = ("udp", source[0], source[1])
         self.max_packet = max_packet
-        self._transport = transport
+        self._writer = writer
         self._source = source
         self._reply_to = reply_to or source
 
     def send(self, message: Message) -> None:
-        if not self._transport.is_closing():
-            self._transport.sendto(encode_message(message), self._reply_to)
+        self._writer.send([encode_message(message)], self._reply_to)
+
+    def send_audio(self, session: str, seq: int, audio, flags: int) -> None:
+        self._writer.send(audio_packets(AUDIO_REPLY, session, seq, audio, flags, self.max_packet), self._reply_to)
 
     def with_reply_port(self, port: int) -> "UdpPeer":
-        return UdpPeer(self._transport, self._source, self.max_packet, (self._source[0], port))
+        return UdpPeer(self._writer, self._source, self.max_packet, (self._source[0], port))
 
 
 def udp_socket(host: str, port: int) -> socket.socket:
@@ -174,15 +321,42 @@ def udp_socket(host: str, port: int) -> socket.socket:
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, server: "BridgeServer"):
+    """Datagrams in. asyncio hands on one datagram per event-loop turn; a block comes as tens of datagrams, so
+    after each one the endpoint reads the others already waiting on its socket itself (up to ``UDP_DRAIN``)."""
+
+    def __init__(self, server: "BridgeServer", sock: socket.socket | None = None):
         self.server = server
         self.transport: asyncio.DatagramTransport | None = None
+        self._sock = sock
+        self._buffer = bytearray(UDP_READ_BYTES)
+        self._view = memoryview(self._buffer)
+        self.writer = _DatagramWriter(sock)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.writer.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        self.writer.close()
 
     def datagram_received(self, data: bytes, addr) -> None:
-        peer = UdpPeer(self.transport, addr[:2], self.server.settings.udp_packet_bytes)
+        self._handle(data, addr)
+        if self._sock is None:
+            return
+        for _ in range(UDP_DRAIN):
+            if self.transport is None or self.transport.is_closing():
+                return
+            try:
+                size, addr = self._sock.recvfrom_into(self._buffer)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.error_received(e)
+                return
+            self._handle(bytes(self._view[:size]), addr)
+
+    def _handle(self, data: bytes, addr) -> None:
+        peer = UdpPeer(self.writer, addr[:2], self.server.settings.udp_packet_bytes)
         self.server.bridge.handle_packet(data, peer)
 
     def error_received(self, exc) -> None:  # e.g. ICMP port unreachable: a host that went away
@@ -215,7 +389,7 @@ class BridgeServer:
             if self.port:
                 raise
             sock = udp_socket(self.host, 0)
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: UdpEndpoint(self), sock=sock)
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: UdpEndpoint(self, sock), sock=sock)
         self.udp_address = sock.getsockname()[:2]
         self.bridge.start()
 

@@ -96,3 +96,12 @@ def test_chunks_disagreeing_on_the_block_length_are_refused():
     assembler.add(0, 0, 10, b"\0" * 8, now=0.0)
     with pytest.raises(ChunkError, match="earlier chunks said 10"):
         assembler.add(0, 4, 12, b"\0" * 8, now=0.0)
+
+
+def test_a_block_in_one_chunk_is_taken_whole_as_its_own_array():
+    audio = block(0, frames=50)
+    data = bytearray(audio_to_bytes(audio))
+    (out,) = BlockAssembler(2, 64, timeout=0.03).add(0, 0, 50, data, now=0.0)
+    data[:] = bytes(len(data))  # the received bytes are not aliased
+    assert not out.concealed and out.audio.dtype == np.float32 and out.audio.flags.c_contiguous
+    np.testing.assert_array_equal(out.audio, audio)

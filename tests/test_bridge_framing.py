@@ -77,3 +77,17 @@ def test_detect_framing_from_the_first_byte():
     assert detect_framing(ord("/")) is SlipFraming
     with pytest.raises(FramingError, match="0x47"):
         detect_framing(ord("G"))  # e.g. an HTTP request
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_decoders_keep_no_view_of_the_bytes_fed(framing):
+    """Clients read into one reused buffer and feed views of it: what a decoder keeps must be its own copy."""
+    packets = [b"/a\0\0" * 3, b"/b\0\0" * 5, b"/c\0\0" * 2]
+    stream = b"".join(framing.encode(p) for p in packets)
+    buffer = bytearray(stream)
+    decoder, out = framing(1024), []
+    for start, end in ((0, 7), (7, len(stream) - 3), (len(stream) - 3, len(stream))):
+        piece = bytearray(buffer[start:end])
+        out += decoder.feed(memoryview(piece))
+        piece[:] = b"\xff" * len(piece)  # the reader's buffer is overwritten by the next read
+    assert out == packets and all(type(p) is bytes for p in out)

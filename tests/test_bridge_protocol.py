@@ -7,7 +7,7 @@ from lmdm_engine.presets import load_preset
 from lmdm_bridge.osc import Message, encode_message
 from lmdm_bridge.protocol import (AUDIO, OPEN, AudioChunk, AudioReply, BlockFlag, ErrorCode, ErrorReply, InfoReply,
                                   LiveParams, OpenRequest, ParamRequest, PingRequest, ProtocolError, StatusRequest,
-                                  audio_messages, error_message, open_reply, params_reply, parse_reply,
+                                  audio_messages, audio_packets, error_message, open_reply, params_reply, parse_reply,
                                   parse_request)
 
 
@@ -82,3 +82,27 @@ def test_replies_read_back():
     assert all(isinstance(v, (int, float, str)) for v in params.values.values())
     error = parse_reply(error_message(ProtocolError(ErrorCode.BAD_AUDIO, "bad", "a", 3)))
     assert error == ErrorReply(8, "bad_audio", "a", 3, "bad")
+
+
+@pytest.mark.parametrize("flags, max_packet, reserve", [(None, None, 0), (5, None, 4), (0, 8192, 0), (None, 600, 4)])
+@pytest.mark.parametrize("channels, seq", [(1, 3), (2, 2**31 + 7)])
+def test_audio_packets_are_the_encoded_audio_messages(flags, max_packet, reserve, channels, seq):
+    """The transports' fast path writes exactly the bytes of encoding audio_messages, samples interleaved."""
+    audio = np.random.default_rng(seq).standard_normal((channels, 3001))  # float64: cast to float32 on the way
+    expected = [encode_message(m, doubles=True) for m in audio_messages(AUDIO, "tr", seq, audio, flags, max_packet)]
+    packets = audio_packets(AUDIO, "tr", seq, audio, flags, max_packet, doubles=True, reserve=reserve)
+    assert [bytes(p[reserve:]) for p in packets] == expected
+    assert all(isinstance(p, bytearray) and not any(p[:reserve]) for p in packets)
+
+
+def test_prompt_mode_and_guidance_are_live_parameters():
+    from lmdm_bridge.protocol import PARAM
+
+    r = parse(PARAM, "a", "prompt", "bright glassy bells", "mode", "jam", "guidance", 2)
+    assert r.params == LiveParams({"prompt": "bright glassy bells", "mode": "jam", "guidance": 2.0}, {})
+    for bad in ("x" * 513, "bells\x00"):
+        with pytest.raises(ProtocolError, match="prompt: expected at most 512 bytes of printable text") as e:
+            parse(PARAM, "a", "prompt", bad)
+        assert e.value.code == ErrorCode.BAD_PARAMETER
+    with pytest.raises(ProtocolError, match="'description' is not a live parameter"):
+        parse(PARAM, "a", "description", "no")
