@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--outpaint", default="runs/default/outpaint/model", help="model folder ('' to leave out)")
     parser.add_argument("--lmdm", default="runs/default/lmdm/model", help="model folder ('' to leave out)")
     parser.add_argument("--arc", default="", help="the ARC-Forcing model folder (default: left out)")
+    parser.add_argument("--text", default="", help="a text + jamming fine-tune's model folder (default: left out)")
     parser.add_argument("--data", default="data/corpus")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--blocks", type=int, default=64)
@@ -133,7 +134,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    folders = {"outpaint": args.outpaint, "lmdm": args.lmdm, "arc": args.arc}
+    folders = {"outpaint": args.outpaint, "lmdm": args.lmdm, "arc": args.arc, "text": args.text}
     runtimes = {}
     for name, folder in folders.items():
         if folder:
@@ -144,7 +145,7 @@ def main() -> None:
     c, length = config.context_frames, config.block_frames
     reference = reference_statistics(config, clips.latents)
     context = clips.latents[:args.contexts, :c].astype(np.float32)
-    style = clips.styles[:args.contexts].astype(np.float32)
+    tags = clips.styles[:args.contexts].astype(np.float32)
     real_blocks = (clips.latents.shape[1] - c) // length
     real = [frechet_distance(*s, *reference) for s in
             block_statistics(config, context, clips.latents[:args.contexts, c:c + real_blocks * length], real_blocks)]
@@ -154,6 +155,8 @@ def main() -> None:
         results[name] = {}
         for steps in args.steps:
             start = time.perf_counter()
+            # the clip's tags, first in every model's conditioning layout (no prompt: the same cue for every model)
+            style = np.pad(tags, ((0, 0), (0, runtime.config.style_dim - tags.shape[1])))
             continuation = rollout(runtime, context, args.blocks, length, steps, args.sampler, style, args.seed)
             seconds = time.perf_counter() - start
             stats = block_statistics(config, context, continuation, args.blocks)

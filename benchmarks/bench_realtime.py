@@ -21,7 +21,7 @@ import torch
 from _common import machine, print_table
 from lmdm_engine.config import ModelConfig
 from lmdm_engine.model import Denoiser
-from lmdm_engine.presets import shipped_presets
+from lmdm_engine.presets import list_presets, unplayable_reason
 from lmdm_engine.runtime import BACKENDS, DEFAULT_BACKEND, default_model_dir, load_runtime
 from lmdm_engine.runtime_torch import TorchRuntime
 from lmdm_engine.session import Session
@@ -87,7 +87,8 @@ def main() -> None:
 
     runtime, source = runtime_for(args.model, args.runtime)
     torch.set_num_threads(args.threads)  # after the runtime, which sets its own default
-    presets = [args.preset] if args.preset else list(shipped_presets())
+    presets = [args.preset] if args.preset else [p.name for p in list_presets()
+                                                 if unplayable_reason(p, runtime.config) is None]
     print(f"machine: {machine()}; runtime {runtime.name}, 1 thread" if runtime.name == "onnx"
           else f"machine: {machine()}; runtime torch, {args.threads} torch threads")
     print(f"model: {source}; host {args.sample_rate} Hz, buffer {args.buffer} frames; "

@@ -34,6 +34,7 @@ HOST_LOOP = """\
 # Model rate only: resample the host's audio to sample_rate first. One channel = one batch row.
 # B = channels, L = block_frames (the delay in frames), D = latent_dim. All states start at zeros
 # (context_valid: false); `state` maps each state input to the present.* output that replaces it.
+# style [B, conditioning.style_dim]: a preset's style_vector (it holds the prompt's embedding), per row.
 for each block of L * hop samples `audio` [B, L*hop]:
     heard, enc_state = codec_encode(audio, enc_state)                     # [B, L, D] model-space latents
     context = (1 - feedback) * heard + feedback * echo                    # echo: the previous block's output (zeros at first)
@@ -45,10 +46,13 @@ for each block of L * hop samples `audio` [B, L*hop]:
         # a context of 0 frames and keep the cache
         v, present = denoiser_step(latents=x, time=[times[i]] * B, style, context=(context if i == 0 else zeros[B, 0, D]), cache)
         if i == 0: cache = present
+        guidance g != 1: v_u, _ = denoiser_step(latents=x, time, style=unconditional(style), context=zeros[B, 0, D], cache)
+                         v = v_u + g * (v - v_u)
         ping-pong: denoised = x - times[i] * v
                    x = denoised if times[i+1] == 0 else (1 - times[i+1]) * denoised + times[i+1] * noise()
         euler:     x = x + (times[i+1] - times[i]) * v
     (strength 0: no sampling; x = delayed, and the context is slid in by a step with latents of 0 frames)
+    (jam mode: context = codec_encode(audio + the jam part that played during this block); x starts from noise)
     echo = x
     out, dec_state = codec_decode(echo, dec_state)                        # plays during the next block
     output (1 - mix) * dry + mix * out: the wet path is one block + codec_latency_samples late"""
@@ -139,6 +143,13 @@ def build_manifest(config: ModelConfig, latent_scale: np.ndarray, parameters: in
         "heads": config.heads,
         "head_dim": config.head_dim,
         "style_vocab": list(config.style_vocab),
+        "conditioning": {
+            "style_dim": config.style_dim,
+            "layout": {name: list(span) for name, span in config.style_layout.items()},
+            "text_encoder": config.text_encoder or None,
+            "unconditional": "zeros, except the accompaniment flag, which is kept",
+            "guidance": "g != 1: v = v_uncond + g * (v_cond - v_uncond), v_cond first (it folds the context in)",
+        },
         "graphs": graphs,
         "state": {"denoiser_step": state,
                   "codec_encode": {"encoder_history": "present.encoder_history", "encoder_phase": "present.encoder_phase"},
@@ -151,11 +162,25 @@ def build_manifest(config: ModelConfig, latent_scale: np.ndarray, parameters: in
             "pingpong": "denoised = x - t * v; x = (1 - t_next) * denoised + t_next * noise (x = denoised at t_next = 0)",
             "euler": "x = x + (t_next - t) * v",
         },
-        "presets": {p.name: dataclasses.asdict(p) for p in list_presets()},
+        "presets": {p.name: {**dataclasses.asdict(p), "style_vector": _preset_vector(config, p)}
+                    for p in list_presets()},
         "host_loop": HOST_LOOP.splitlines(),
         "latent_scale": [float(v) for v in latent_scale],
         "config": config.to_dict(),
     }
+
+
+def _preset_vector(config: ModelConfig, preset) -> list[float] | None:
+    """The preset's conditioning vector for this model (its prompt from the shipped embeddings), or None when
+    the model cannot play the preset (a prompt or jam mode it was not trained for)."""
+    from lmdm_engine.conditioning import conditioning_vector, embed_prompt
+
+    prompt = getattr(preset, "prompt", "")
+    jam = getattr(preset, "mode", "delay") == "jam"
+    if (prompt and not config.text_dim) or (jam and not config.accompaniment):
+        return None
+    embedding = embed_prompt(prompt, config) if prompt else None
+    return [float(v) for v in conditioning_vector(config, preset.style, embedding, accompany=jam)]
 
 
 def _stamp(path: Path, graph: str, manifest: dict) -> None:

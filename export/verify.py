@@ -18,7 +18,7 @@ import torch
 from lmdm_engine.codec import StreamingCodec
 from lmdm_engine.corpus import render_clip
 from lmdm_engine.model import Denoiser, cache_names
-from lmdm_engine.presets import DEFAULT_PRESET, list_presets, load_preset
+from lmdm_engine.presets import DEFAULT_PRESET, list_presets, load_preset, unplayable_reason
 from lmdm_engine.runtime_onnx import OnnxRuntime, open_session, present_name
 from lmdm_engine.runtime_torch import TorchRuntime
 
@@ -110,9 +110,10 @@ def check_session(model: Denoiser, onnx_rt: OnnxRuntime, blocks: int = 20, prese
 
 
 def verify_export(model: Denoiser, export_dir: str | Path, blocks: int = 20) -> list[Check]:
-    """Step and codec graphs, then a session per shipped preset."""
+    """Step and codec graphs, then a session per shipped preset the model can play (see unplayable_reason)."""
     onnx_rt = OnnxRuntime(export_dir, provider="cpu")
-    sessions = [check_session(model, onnx_rt, blocks, p.name) for p in list_presets()]
+    sessions = [check_session(model, onnx_rt, blocks, p.name) for p in list_presets()
+                if unplayable_reason(p, model.config) is None]
     return [check_step(model, onnx_rt), *check_codec(onnx_rt), *sessions]
 
 

@@ -1,4 +1,4 @@
-"""The ``lmdm`` command: process, presets, corpus, train, eval, serve (bridge/), export (export/)."""
+"""The ``lmdm`` command: process, generate, presets, corpus, train, eval, serve (bridge/), export (export/)."""
 
 from __future__ import annotations
 
@@ -60,10 +60,16 @@ def cmd_process(args) -> int:
                         plan_jobs, plan_listing, raise_interrupted, run_batch, skipped_result, summary_table,
                         write_report)
     from .chains import ChainError, parse_plugin_text
+    from .conditioning import TextExtraMissing
     from .effect import GenerativeDelay
     from .presets import DEFAULT_PRESET, PresetError, load_preset, preset_from_dict
 
     overrides = _parse_set(args.set)
+    for field in ("prompt", "guidance", "mode"):
+        if getattr(args, field) is not None:
+            if field in overrides:
+                return _usage_error(f"give {field} with --{field} or with --set {field}=..., not both")
+            overrides[field] = getattr(args, field)
     try:
         for field, texts in (("pre", args.pre), ("post", args.post)):
             if texts and field in overrides:
@@ -75,10 +81,11 @@ def cmd_process(args) -> int:
         GenerativeDelay(preset)  # builds the chains (loading any VST3) to report a bad plugin now; no model yet
         if args.model is not None and not Path(args.model).is_dir():
             return _usage_error(f"--model {args.model}: no such model folder")
+        _check_conditioning(preset, args.model, args.runtime)
         plan = plan_jobs(args.inputs, args.output, args.format, args.spectrogram, args.skip_existing)
         settings = BatchSettings(preset, OutputFormat(plan.container, args.bit_depth), args.model, args.runtime,
                                  args.provider, args.tail, args.buffer)
-    except (PresetError, ChainError, PlanError) as e:
+    except (PresetError, ChainError, PlanError, ValueError, TextExtraMissing) as e:
         return _usage_error(str(e))
     if args.dry_run:
         print(plan_listing(plan))
@@ -109,10 +116,132 @@ def cmd_process(args) -> int:
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
+def _check_conditioning(preset, model: str | None, backend: str) -> None:
+    """Raise now (ValueError, TextExtraMissing) when the model cannot play the preset's prompt or mode, rather than
+    in every file's worker."""
+    from .conditioning import embed_prompt
+    from .config import ModelConfig
+    from .presets import unplayable_reason
+    from .runtime import default_model_dir
+
+    if not preset.prompt and preset.mode != "jam":
+        return
+    folder = Path(model) if model is not None else default_model_dir()
+    if backend == "onnx":
+        from .runtime_onnx import read_manifest
+
+        config = read_manifest(folder, check_files=False)["config"]
+    else:
+        config = ModelConfig.load(folder)
+    reason = unplayable_reason(preset, config)
+    if reason:
+        raise ValueError(f"preset {preset.name!r} on the model in {folder}: {reason}")
+    if preset.prompt:
+        try:
+            embed_prompt(preset.prompt, config)
+        except ValueError as e:
+            raise ValueError(f"prompt {preset.prompt!r}: {e}") from None
+
+
+# ---- generate ---------------------------------------------------------------------------------------
+def _generate_error(message: str) -> int:
+    print(f"lmdm generate: {message}", file=sys.stderr)
+    return 2
+
+
+def _read_sketch(path: str, sample_rate: int):
+    """The sketch file as mono float32 at the model rate (channels averaged), and its duration in seconds."""
+    import pedalboard.io
+
+    try:
+        with pedalboard.io.AudioFile(path) as f:
+            seconds = f.frames / f.samplerate
+            with f.resampled_to(sample_rate) as r:
+                audio = r.read(r.frames)
+    except Exception as e:  # pedalboard raises several types for unreadable files
+        raise ValueError(f"--sketch {path}: cannot read it as audio ({e})") from None
+    return audio.mean(0).astype("float32"), seconds
+
+
+def _write_stream(path: Path, blocks, source_rate: int, target_rate: int, frames: int) -> None:
+    """Write mono model-rate blocks to ``path`` at ``target_rate`` (exactly ``frames`` frames) through a .partial
+    file renamed at the end."""
+    import numpy as np
+    import soundfile as sf
+    from pedalboard.io import StreamResampler
+
+    fmt = {".wav": "WAV", ".flac": "FLAC"}[path.suffix.lower()]
+    partial = path.with_name(path.name + ".partial")
+    resampler = StreamResampler(source_rate, target_rate, 1) if source_rate != target_rate else None
+    written = 0
+    try:
+        with sf.SoundFile(partial, "w", target_rate, 1, subtype="PCM_24", format=fmt) as f:
+            def write(audio):
+                nonlocal written
+                audio = audio[: frames - written]
+                f.write(audio)
+                written += audio.shape[0]
+
+            for block in blocks:
+                write(resampler.process(block[None])[0] if resampler else block)
+            if resampler:
+                write(resampler.process()[0])
+            write(np.zeros(frames - written, np.float32))
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def cmd_generate(args) -> int:
+    """Exit code 0: written; 1: generation failed; 2: bad request (nothing written)."""
+    from .conditioning import TextExtraMissing
+    from .generate import iter_generate
+    from .runtime import load_runtime
+
+    output = Path(args.output)
+    if output.suffix.lower() not in (".wav", ".flac"):
+        return _generate_error(f"-o {output}: write a .wav or .flac file")
+    if args.sketch is None and args.seconds is None:
+        return _generate_error("give --seconds (or a --sketch to follow)")
+    changes = []
+    for at, text in args.then or []:
+        try:
+            changes.append((float(at), text))
+        except ValueError:
+            return _generate_error(f"--then {at} {text!r}: {at!r} is not a number of seconds")
+    try:
+        style = {tag: float(w) for tag, w in (item.split("=", 1) for item in args.style or [])}
+    except ValueError:
+        return _generate_error(f"--style expects TAG=WEIGHT, got {args.style}")
+    if args.model is not None and not Path(args.model).is_dir():
+        return _generate_error(f"--model {args.model}: no such model folder")
+    runtime = load_runtime(args.model, backend=args.runtime, provider=args.provider)
+    rate = runtime.config.sample_rate
+    try:
+        sketch, seconds = _read_sketch(args.sketch, rate) if args.sketch else (None, args.seconds)
+        blocks = iter_generate(runtime, seconds, args.prompt, style=style, guidance=args.guidance, steps=args.steps,
+                               sampler=args.sampler, seed=args.seed, sketch=sketch, strength=args.strength,
+                               prompt_changes=changes, progress=not args.quiet)
+    except (ValueError, TextExtraMissing) as e:
+        return _generate_error(str(e))
+    frames = int(round(seconds * args.sample_rate))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _write_stream(output, blocks, rate, args.sample_rate, frames)
+    print(f"wrote {output} ({frames / args.sample_rate:.2f} s at {args.sample_rate} Hz)")
+    return 0
+
+
 # ---- presets ----------------------------------------------------------------------------------------
 def cmd_presets(args) -> int:
     from .presets import describe_schema, list_presets
 
+    if args.action == "embed":
+        from .conditioning import write_prompt_store
+
+        prompts = sorted({p.prompt for p in list_presets() if p.prompt})
+        path = write_prompt_store(prompts)
+        print(f"embedded {len(prompts)} preset prompt(s) into {path}")
+        return 0
     if args.schema:
         print(describe_schema())
         return 0
@@ -120,6 +249,11 @@ def cmd_presets(args) -> int:
         style = ", ".join(f"{k} {v:g}" for k, v in p.style.items()) or "-"
         print(f"{p.name:16s} delay {p.delay_seconds:.2f} s  strength {p.strength:.2f}  feedback {p.feedback:.2f}  "
               f"mix {p.mix:.2f}  steps {p.steps:2d}  {p.sampler:8s} style: {style}")
+        extra = [f"mode {p.mode}"] if p.mode != "delay" else []
+        extra += [f"prompt {p.prompt!r}"] if p.prompt else []
+        extra += [f"guidance {p.guidance:g}"] if p.guidance != 1.0 else []
+        if extra:
+            print(f"{'':16s} {'  '.join(extra)}")
         print(f"{'':16s} {p.description}")
     return 0
 
@@ -143,7 +277,8 @@ def _ensure_data(args) -> Path:
 
 # TrainOptions fields the train command passes on only when given (otherwise TrainOptions' defaults hold)
 OPTIONAL_TRAIN_OPTIONS = ("threads", "ema_decay", "rollout_blocks", "max_sampling_steps", "sampler", "disc_lr",
-                          "disc_layer", "disc_context_blocks", "contrastive_weight")
+                          "disc_layer", "disc_context_blocks", "contrastive_weight", "text_dropout", "style_dropout",
+                          "jam_fraction")
 
 
 def cmd_train(args) -> int:
@@ -154,8 +289,18 @@ def cmd_train(args) -> int:
     given = {name: getattr(args, name) for name in OPTIONAL_TRAIN_OPTIONS if getattr(args, name) is not None}
     options = TrainOptions(stage=args.stage, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            seed=args.seed, max_minutes=args.max_minutes, **given)
+    conditioning = {}
+    if args.text_encoder:
+        from .conditioning import TEXT_ENCODER_DIMS
+
+        conditioning.update(text_encoder=args.text_encoder, text_dim=TEXT_ENCODER_DIMS[args.text_encoder])
+    if args.accompaniment:
+        conditioning["accompaniment"] = True
     config = ModelConfig.load(args.config) if args.config else (None if args.init else ModelConfig())
-    model_dir = train(args.output, data, options, config=config, init=args.init, device=args.device)
+    if config is not None and conditioning:
+        config = config.replace(**conditioning)
+    model_dir = train(args.output, data, options, config=config, init=args.init, device=args.device,
+                      conditioning=conditioning or None)
     print(f"model written to {model_dir}")
     return 0
 
@@ -223,9 +368,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also draw input against output (the start of each file): a .png for one file, "
                         "else a folder of PNGs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--prompt", default=None, help="text prompt for the echoes (text models; = --set prompt=...)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale, 1 (off) to 8 (= --set guidance=...)")
+    p.add_argument("--mode", default=None, choices=["delay", "jam"],
+                   help="jam: the model plays a part accompanying the input (jamming models; = --set mode=...)")
     p.set_defaults(func=cmd_process)
 
-    p = sub.add_parser("presets", help="list the shipped presets")
+    p = sub.add_parser("generate", help="generate music from a text prompt (and a sketch to follow) into a file",
+                       description="Generate a piece block by block with the KV cache (constant memory, any "
+                                   "length), from a prompt and/or style tags, optionally following a sketch "
+                                   "(SDEdit: --strength 0 keeps it, 1 ignores it). Exit code: 0 written, 2 bad "
+                                   "request.")
+    p.add_argument("--prompt", default=None, help="text prompt (text models), e.g. 'bright glassy bells'")
+    p.add_argument("--then", nargs=2, action="append", metavar=("SECONDS", "TEXT"),
+                   help="switch to prompt TEXT at SECONDS (cross-faded over two blocks); repeat for more")
+    p.add_argument("--seconds", type=_non_negative_float, default=None, help="length (ignored with --sketch)")
+    p.add_argument("-o", "--output", required=True, help="output .wav or .flac file (mono, 24-bit)")
+    p.add_argument("--sketch", default=None, metavar="AUDIO", help="audio file whose structure to follow")
+    p.add_argument("--strength", type=float, default=0.6,
+                   help="with --sketch: how far each block is re-generated, 0 (the sketch) to 1 (free); default 0.6")
+    p.add_argument("--guidance", type=float, default=4.0,
+                   help="classifier-free guidance scale (1 = off; default 4: without it prompts are barely heard, "
+                        "docs/PROMPTS.md)")
+    p.add_argument("--steps", type=_positive_int, default=4, help="denoising steps per block (default 4)")
+    p.add_argument("--sampler", default="pingpong", choices=["euler", "pingpong"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--style", action="append", metavar="TAG=WEIGHT", help="style tag weight, e.g. --style bell=0.8")
+    p.add_argument("--sample-rate", type=_positive_int, default=44100,
+                   help="output sample rate (default 44100; resampled from the model's rate)")
+    p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    p.add_argument("--runtime", default=DEFAULT_BACKEND, choices=BACKENDS, help=f"default {DEFAULT_BACKEND}")
+    p.add_argument("--provider", default=None, help="ONNX Runtime execution provider, e.g. cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("presets", help="list the shipped presets; `lmdm presets embed` rebuilds their prompt store")
+    p.add_argument("action", nargs="?", choices=["embed"],
+                   help="embed: embed every shipped preset's prompt into presets/prompts.safetensors (needs the "
+                        "text extra)")
     p.add_argument("--schema", action="store_true", help="print the preset file schema instead")
     p.set_defaults(func=cmd_presets)
 
@@ -260,6 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--ema-decay", type=float, default=None,
                    help="decay of the saved EMA weights (default: lmdm_engine.train.TrainOptions)")
+    cond = p.add_argument_group("conditioning (added to --init's model, or set on a fresh one)")
+    cond.add_argument("--text-encoder", default=None, choices=["all-MiniLM-L6-v2"],
+                      help="condition on text prompts embedded by this encoder (needs the text extra)")
+    cond.add_argument("--accompaniment", action="store_true",
+                      help="also learn jamming: generate one stem of a two-part clip given the mix so far")
+    cond.add_argument("--text-dropout", type=float, default=None,
+                      help="share of examples trained without their caption (classifier-free guidance)")
+    cond.add_argument("--style-dropout", type=float, default=None, help="share of examples trained without tags")
+    cond.add_argument("--jam-fraction", type=float, default=None,
+                      help="share of training sequences that are jamming examples (with --accompaniment)")
     arc = p.add_argument_group("arc-forcing (defaults: lmdm_engine.train.TrainOptions)")
     arc.add_argument("--rollout-blocks", type=int, default=None,
                      help="blocks the model streams on its own outputs per training step")

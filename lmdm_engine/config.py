@@ -47,6 +47,12 @@ class ModelConfig:
     window_blocks: int = 4  # W: a block attends to itself and W-1 blocks of context
     attention: str = "block_causal"  # or "bidirectional" for the outpainting baseline
     style_vocab: tuple[str, ...] = STYLE_VOCAB
+    # Text prompts: width of the sentence embedding the model is conditioned on (0 = no prompts) and the encoder
+    # that makes it (see conditioning.py; "all-MiniLM-L6-v2" gives 384).
+    text_dim: int = 0
+    text_encoder: str = ""
+    # Jamming: one conditioning slot that asks for a part accompanying the context instead of continuing it.
+    accompaniment: bool = False
     rope_base: float = 10000.0
     min_block_frames: int = 4
     extra: dict = field(default_factory=dict)  # free-form provenance (training stage, data), never read by code
@@ -77,7 +83,21 @@ class ModelConfig:
 
     @property
     def style_dim(self) -> int:
-        return len(self.style_vocab)
+        """Width of the conditioning vector (the ``style`` input): tags, then the accompaniment flag, then the text
+        embedding (see :attr:`style_layout`)."""
+        return len(self.style_vocab) + int(self.accompaniment) + self.text_dim
+
+    @property
+    def style_layout(self) -> dict[str, tuple[int, int]]:
+        """Where each part of the conditioning vector lies: name -> [start, stop)."""
+        tags = len(self.style_vocab)
+        layout = {"tags": (0, tags)}
+        if self.accompaniment:
+            layout["accompaniment"] = (tags, tags + 1)
+        if self.text_dim:
+            start = tags + int(self.accompaniment)
+            layout["text"] = (start, start + self.text_dim)
+        return layout
 
     @property
     def codec_latency(self) -> int:
@@ -101,6 +121,9 @@ class ModelConfig:
         need(self.block_frames >= self.min_block_frames, "block_frames", "must be >= min_block_frames")
         need(self.attention in ATTENTION_MODES, "attention", f"must be one of {ATTENTION_MODES}")
         need(len(self.style_vocab) > 0, "style_vocab", "must not be empty")
+        need(self.text_dim >= 0, "text_dim", "must be >= 0")
+        need((self.text_dim > 0) == bool(self.text_encoder), "text_encoder",
+             "names the prompt encoder exactly when text_dim > 0")
 
     # ---- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -8,6 +8,7 @@ come from ``config.STYLE_VOCAB``: the timbre families heard plus the production 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import json
 import multiprocessing
 from pathlib import Path
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from lmdm_engine.config import STYLE_VOCAB, TIMBRES
 
-CORPUS_VERSION = 1  # bump when the synthesis changes, so existing corpora are re-rendered
+CORPUS_VERSION = 2  # bump when the synthesis changes, so existing corpora are re-rendered
 METADATA_NAME = "metadata.jsonl"
 CORPUS_NAME = "corpus.json"
 TARGET_RMS = 0.1  # -20 dBFS
@@ -54,6 +55,7 @@ _REGISTER = {  # MIDI range of each family
     "bass": (28, 50),
     "lead": (60, 86),
 }
+_NOTE_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 _DRAWBARS = (0.5, 1.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)  # 16', 5 1/3', 8', 4', 2 2/3', 2', 1 3/5', 1 1/3', 1'
 _KICKS = ((0, 8), (0, 6, 8), (0, 10), (0, 3, 8, 11), (0, 4, 8, 12), (0, 7, 10), (0, 8, 10))
 _SNARES = ((4, 12), (8,), (4, 12, 15), (4, 10, 12))
@@ -422,8 +424,10 @@ def _drums(rng, n, sr, grid, n_steps, bright):
 
 # ---- the clip --------------------------------------------------------------------------------------------------
 def _pitched(rng, timbre, n, sr, grid, n_steps, tempo, bright):
-    """One pitched part (melody, chords, arpeggio or bassline) in a random key and scale, played by ``timbre``."""
-    root, scale = int(rng.integers(12)), _SCALES[str(rng.choice(list(_SCALES)))]
+    """One pitched part (melody, chords, arpeggio or bassline) in a random key and scale, played by ``timbre``.
+    Returns the audio and what was played (part, key, scale, articulation) for the captions."""
+    root, scale_name = int(rng.integers(12)), str(rng.choice(list(_SCALES)))
+    scale = _SCALES[scale_name]
     pitches = _scale_pitches(root, scale)
     lo, hi = _REGISTER[timbre]
     chord_len = int(rng.choice((8, 16)))
@@ -443,7 +447,9 @@ def _pitched(rng, timbre, n, sr, grid, n_steps, tempo, bright):
         events = _bassline(rng, pitches, len(scale), progression, lo)
     legato = rng.uniform(*{"pad": (1.0, 1.0), "organ": (1.0, 1.0), "lead": (0.85, 1.0)}.get(timbre, (0.5, 1.0)))
     notes = [(grid.onset(s), max(1, int(ln * grid.step_n * legato)), p, v) for s, ln, p, v in events]
-    return _VOICES[timbre](notes, n, sr, rng, bright)
+    played = {"part": part, "key": _NOTE_NAMES[root], "scale": scale_name,
+              "articulation": "legato" if legato >= 0.85 else "staccato" if legato < 0.65 else "detached"}
+    return _VOICES[timbre](notes, n, sr, rng, bright), played
 
 
 def _effects(rng, tone, grid, sr):
@@ -468,9 +474,27 @@ def _effects(rng, tone, grid, sr):
     return pb.Pedalboard(fx), tags
 
 
+@dataclass
+class RenderedClip:
+    """A rendered clip: the mix, its tags (STYLE_VOCAB order), what was played (``info``: timbre, part, key,
+    scale, articulation, tempo, tone, drums; the captions are written from it) and, when asked for and the clip
+    has both, the two stems ("pitched", "drums") through the clip's effects at the mix's gain (jamming pairs)."""
+
+    audio: np.ndarray
+    tags: list[str]
+    info: dict
+    stems: dict[str, np.ndarray]
+
+
 def render_clip(seed: int, sample_rate: int = 22050, seconds: float = 4.0) -> tuple[np.ndarray, list[str]]:
     """Deterministic for a seed: float32 mono clip of round(seconds * sample_rate) samples at about -20 dBFS RMS
     with peak <= 0.99, and its tags in STYLE_VOCAB order."""
+    clip = render_clip_parts(seed, sample_rate, seconds)
+    return clip.audio, clip.tags
+
+
+def render_clip_parts(seed: int, sample_rate: int = 22050, seconds: float = 4.0, stems: bool = False) -> RenderedClip:
+    """:func:`render_clip` with what was played and, with ``stems``, the clip's two stems (see RenderedClip)."""
     sr = int(sample_rate)
     n = round(seconds * sr)
     if sr < 8000 or n < 1:
@@ -485,22 +509,36 @@ def render_clip(seed: int, sample_rate: int = 22050, seconds: float = 4.0) -> tu
     grid = _Grid(sr * 15.0 / tempo, rng.uniform(0.1, 0.25) if rng.random() < 0.2 else 0.0)
     n_steps = int(np.ceil(n / grid.step_n)) + 1
 
-    mix = np.zeros(n, np.float32)
+    parts = {}
+    info = {"timbre": timbre or "drums", "tempo": round(float(tempo), 1), "tone": tone, "drums": drums,
+            "swing": grid.swing > 0}
     if timbre is not None:
-        mix += _unit_rms(_pitched(rng, timbre, n, sr, grid, n_steps, tempo, bright))
+        audio, played = _pitched(rng, timbre, n, sr, grid, n_steps, tempo, bright)
+        parts["pitched"] = _unit_rms(audio)
+        info.update(played)
     if drums:
         level = rng.uniform(0.5, 0.9) if timbre is not None else 1.0
-        mix += level * _unit_rms(_drums(rng, n, sr, grid, n_steps, bright))
+        parts["drums"] = level * _unit_rms(_drums(rng, n, sr, grid, n_steps, bright))
+    mix = np.zeros(n, np.float32)
+    for part in parts.values():
+        mix += part
     board, tags = _effects(rng, tone, grid, sr)
     tags |= {t for t in (timbre, "drums" if drums else None, tone) if t in STYLE_VOCAB}
     tags |= {"fast"} if tempo >= FAST_BPM else {"slow"} if tempo <= SLOW_BPM else set()
 
-    audio = board(TARGET_RMS * _unit_rms(mix), sr)
-    audio = (TARGET_RMS * _unit_rms(audio.astype(np.float64))).astype(np.float32)
+    mix_rms = max(float(np.sqrt(np.mean(np.square(mix, dtype=np.float64)))), 1e-9)
+    processed = board(TARGET_RMS * _unit_rms(mix), sr).astype(np.float64)
+    gain = TARGET_RMS / max(float(np.sqrt(np.mean(np.square(processed)))), 1e-9)
+    audio = (gain * processed).astype(np.float32)
     peak = float(np.max(np.abs(audio)))
     if peak > PEAK:
         audio *= np.float32(PEAK / peak)
-    return audio, sorted(tags, key=STYLE_VOCAB.index)
+        gain *= PEAK / peak
+    stem_audio = {}
+    if stems and len(parts) == 2:
+        stem_audio = {name: (gain * board(TARGET_RMS * part / mix_rms, sr, reset=True)).astype(np.float32)
+                      for name, part in parts.items()}
+    return RenderedClip(audio, sorted(tags, key=STYLE_VOCAB.index), info, stem_audio)
 
 
 def style_vector(tags, vocab=STYLE_VOCAB) -> np.ndarray:
@@ -521,9 +559,9 @@ def _clip_seed(seed: int, index: int) -> int:
 
 def _render_to_file(job):
     path, clip_seed, sample_rate, seconds = job
-    audio, tags = render_clip(clip_seed, sample_rate, seconds)
-    sf.write(path, audio, sample_rate, subtype="PCM_16")
-    return tags
+    clip = render_clip_parts(clip_seed, sample_rate, seconds)
+    sf.write(path, clip.audio, sample_rate, subtype="PCM_16")
+    return clip.tags, clip.info
 
 
 def write_corpus(out_dir, n_clips: int, seconds: float = 4.0, sample_rate: int = 22050,
@@ -559,9 +597,9 @@ def write_corpus(out_dir, n_clips: int, seconds: float = 4.0, sample_rate: int =
     jobs_list = [(str(out / f), s, int(sample_rate), float(seconds)) for f, s in zip(files, seeds)]
     with multiprocessing.Pool(jobs) if jobs > 1 else contextlib.nullcontext() as pool:
         results = pool.imap(_render_to_file, jobs_list, chunksize=8) if pool else map(_render_to_file, jobs_list)
-        all_tags = list(tqdm(results, total=n_clips, desc="corpus", unit="clip", disable=not progress))
+        rendered = list(tqdm(results, total=n_clips, desc="corpus", unit="clip", disable=not progress))
 
-    rows = [{"file": files[i], "tags": all_tags[i], "split": "heldout" if i in held else "train", "seed": seeds[i],
+    rows = [{"file": files[i], "tags": rendered[i][0], "info": rendered[i][1], "split": "heldout" if i in held else "train", "seed": seeds[i],
              "seconds": float(seconds), "sample_rate": int(sample_rate)} for i in range(n_clips)]
     (out / METADATA_NAME).write_text("".join(json.dumps(row) + "\n" for row in rows))
     marker.write_text(json.dumps(settings, indent=1))

@@ -18,15 +18,46 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3")
 
 
 @dataclass
+class JamPairs:
+    """Stems of the clips that have two parts (pitched + drums), for accompaniment (jamming) training: clip
+    ``clip[i]``'s stems as latents [M, 2, frames, D] (pitched, drums), their tag vectors [M, 2, T] and, for text
+    models, caption embeddings [M, 2, K, E]."""
+
+    clip: np.ndarray
+    stems: np.ndarray
+    styles: np.ndarray
+    captions: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.clip)
+
+
+@dataclass
 class LatentClips:
-    """Equal-length clips as codec latents [N, frames, D] (float16 to halve memory) with style vectors [N, S]."""
+    """Equal-length clips as codec latents [N, frames, D] (float16 to halve memory) with tag vectors [N, T]; for
+    text models, K caption embeddings per clip [N, K, E]; for jamming models, the two-part clips' stems."""
 
     latents: np.ndarray
     styles: np.ndarray
     names: list[str]
+    captions: np.ndarray | None = None
+    jam: JamPairs | None = None
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def conditioning(self, config: ModelConfig, idx) -> np.ndarray:
+        """Conditioning vectors [n, style_dim] of clips ``idx``: their tags and (text models) first caption."""
+
+        out = np.zeros((len(idx), config.style_dim), np.float32)
+        tags = config.style_layout["tags"]
+        out[:, tags[0]:tags[1]] = self.styles[idx]
+        if "text" in config.style_layout:
+            if self.captions is None:
+                raise ValueError("a text model needs captioned clips (the procedural corpus)")
+            start, stop = config.style_layout["text"]
+            out[:, start:stop] = self.captions[idx, 0]
+        return out
 
 
 def _codec_key(config: ModelConfig) -> str:
@@ -58,7 +89,8 @@ def _cached(cache_path: Path, build) -> LatentClips:
 
 
 def corpus_clips(corpus_dir: str | Path, config: ModelConfig, split: str) -> LatentClips:
-    """Clips of a procedural corpus (see corpus.py) for ``split`` ("train" or "heldout"), cached beside it."""
+    """Clips of a procedural corpus (see corpus.py) for ``split`` ("train" or "heldout"), cached beside it, with
+    caption embeddings for text models and stems for jamming models."""
     from .corpus import read_metadata, style_vector
 
     corpus_dir = Path(corpus_dir)
@@ -72,7 +104,80 @@ def corpus_clips(corpus_dir: str | Path, config: ModelConfig, split: str) -> Lat
         styles = np.stack([style_vector(r["tags"], config.style_vocab) for r in rows])
         return LatentClips(np.stack(latents).astype(np.float16), styles, [r["file"] for r in rows])
 
-    return _cached(corpus_dir / f"latents-{split}-{_codec_key(config)}.npz", build)
+    clips = _cached(corpus_dir / f"latents-{split}-{_codec_key(config)}.npz", build)
+    if (config.text_dim or config.accompaniment) and any("info" not in r for r in rows):
+        raise ValueError(f"{corpus_dir}: this corpus has no clip info (written before captions existed); "
+                         f"render it again with `lmdm corpus -o {corpus_dir}`")
+    if config.text_dim:
+        clips.captions = corpus_captions(corpus_dir, rows, config.text_encoder, split)
+    if config.accompaniment:
+        clips.jam = corpus_jam_pairs(corpus_dir, rows, config, split)
+    return clips
+
+
+CAPTIONS_PER_CLIP = 8
+
+
+def corpus_captions(corpus_dir: Path, rows: list[dict], encoder: str, split: str) -> np.ndarray:
+    """Embeddings [N, CAPTIONS_PER_CLIP, E] (float16) of "seen"-phrasing captions of each row's clip, cached."""
+    from .captions import CAPTIONS_VERSION, clip_captions
+    from .conditioning import encode_text
+
+    path = corpus_dir / f"captions-{split}-{encoder}-v{CAPTIONS_VERSION}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if list(z["files"]) == [r["file"] for r in rows]:
+                return z["embeddings"]
+    texts = [c for r in rows for c in clip_captions(r["info"], r["tags"], CAPTIONS_PER_CLIP, r["seed"])]
+    emb = np.concatenate([encode_text(texts[i:i + 1024], encoder)
+                          for i in tqdm(range(0, len(texts), 1024), desc=f"embedding {split} captions", leave=False)])
+    emb = emb.reshape(len(rows), CAPTIONS_PER_CLIP, -1).astype(np.float16)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, embeddings=emb, texts=np.array(texts), files=np.array([r["file"] for r in rows]))
+    tmp.replace(path)
+    return emb
+
+
+def corpus_jam_pairs(corpus_dir: Path, rows: list[dict], config: ModelConfig, split: str) -> JamPairs:
+    """The stems of every pitched + drums clip of ``rows``, re-rendered from their seeds and encoded, cached."""
+    from .captions import CAPTIONS_VERSION, clip_captions, stem_info
+    from .corpus import render_clip_parts, style_vector
+
+    picked = [i for i, r in enumerate(rows) if r["info"]["drums"] and r["info"]["timbre"] != "drums"]
+    if not picked:
+        raise ValueError(f"{corpus_dir}: no pitched + drums clips in split {split!r} to learn jamming from")
+    path = corpus_dir / f"jam-{split}-{_codec_key(config)}-{config.text_encoder or 'notext'}-v{CAPTIONS_VERSION}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if list(z["clip"]) == picked:
+                return JamPairs(z["clip"], z["stems"], z["styles"], z["captions"] if config.text_dim else None)
+    stems, styles, texts = [], [], []
+    for i in tqdm(picked, desc=f"rendering {split} stems", leave=False):
+        r = rows[i]
+        clip = render_clip_parts(r["seed"], r["sample_rate"], r["seconds"], stems=True)
+        pair = []
+        for name in ("pitched", "drums"):
+            audio = clip.stems[name]
+            if r["sample_rate"] != config.sample_rate:
+                raise ValueError(f"{corpus_dir}: clips at {r['sample_rate']} Hz; the model runs at {config.sample_rate}")
+            pair.append(encode_clip(config, audio))
+            tags = [t for t in r["tags"] if t != (r["info"]["timbre"] if name == "drums" else "drums")]
+            styles.append(style_vector(tags, config.style_vocab))
+            texts += clip_captions(stem_info(r["info"], name), tags, CAPTIONS_PER_CLIP, r["seed"] + 1)
+        stems.append(np.stack(pair))
+    styles = np.stack(styles).reshape(len(picked), 2, -1)
+    captions = None
+    if config.text_dim:
+        from .conditioning import encode_text
+
+        captions = encode_text(texts, config.text_encoder).reshape(len(picked), 2, CAPTIONS_PER_CLIP, -1)
+        captions = captions.astype(np.float16)
+    pairs = JamPairs(np.array(picked), np.stack(stems).astype(np.float16), styles, captions)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, clip=pairs.clip, stems=pairs.stems, styles=pairs.styles,
+             captions=captions if captions is not None else np.zeros(0, np.float16))
+    tmp.replace(path)
+    return pairs
 
 
 def folder_clips(folder: str | Path, config: ModelConfig, split: str, seconds: float = 4.0,

@@ -63,7 +63,7 @@ def evaluate(runtime: Runtime, clips: LatentClips, untrained: Runtime | None = N
     if lat.shape[1] < c + blocks * L:
         raise ValueError(f"held-out clips have {lat.shape[1]} frames; need {c + blocks * L}")
     context, real = lat[:, :c], lat[:, c:c + blocks * L]
-    style = clips.styles[:n].astype(np.float32)
+    style = clips.conditioning(cfg, np.arange(n))  # tags (and, for text models, a caption)
     real_stats = _mel_stats(cfg, real)
     rng = np.random.default_rng(seed)
     candidates = {

@@ -151,6 +151,12 @@ class Denoiser(nn.Module):
         self.in_proj = nn.Linear(config.latent_dim, w)
         self.time_mlp = nn.Sequential(nn.Linear(128, w), nn.SiLU(), nn.Linear(w, w))
         self.style_proj = nn.Linear(config.style_dim, w, bias=False)
+        # unit-norm sentence embeddings are scaled to unit-order entries, like the tag weights
+        gain = torch.ones(config.style_dim)
+        if "text" in config.style_layout:
+            start, stop = config.style_layout["text"]
+            gain[start:stop] = math.sqrt(config.text_dim)
+        self.register_buffer("style_gain", gain, persistent=False)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(w, 6 * w))
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
@@ -184,7 +190,7 @@ class Denoiser(nn.Module):
         mask = torch.zeros(mask.shape, device=x.device).masked_fill(~mask, float("-inf"))
         # [B, K, W]: time for every kind, style for target kinds only (clean K/V stay style-free)
         cond = self.time_mlp(timestep_features(kind_t))
-        cond = cond + kind_is_target.float()[None, :, None] * self.style_proj(style)[:, None, :]
+        cond = cond + kind_is_target.float()[None, :, None] * self.style_proj(style * self.style_gain)[:, None, :]
         modulation = self.modulation(cond)[:, token_kind].view(b, n, 6, -1)  # [B, K, 6W] -> [B, N, 6, W]
         h = self.in_proj(x)
         half, base = self.config.head_dim // 2, self.config.rope_base
@@ -306,6 +312,23 @@ class Denoiser(nn.Module):
         b = frames.shape[0]
         style = torch.zeros(b, self.config.style_dim, device=frames.device)
         return self.step(cache, frames, frames[:, :0], torch.zeros(b, device=frames.device), style)[1]
+
+    def with_conditioning(self, **changes) -> "Denoiser":
+        """A copy whose conditioning vector is re-laid out by config ``changes`` (text_dim, text_encoder,
+        accompaniment): every weight is kept, the style projection's columns move to their new places and new
+        parts start at zero, so the copy computes exactly what this model does until it is trained."""
+        new = Denoiser(self.config.replace(**changes)).to(self.latent_scale.device)
+        state = self.state_dict()
+        old_w = state.pop("style_proj.weight")  # [W, old style_dim]
+        new.load_state_dict(state, strict=False)
+        w = torch.zeros_like(new.style_proj.weight)  # [W, new style_dim]
+        for part, (start, stop) in self.config.style_layout.items():
+            if part in new.config.style_layout and new.config.style_layout[part][1] - new.config.style_layout[part][0] == stop - start:
+                new_start = new.config.style_layout[part][0]
+                w[:, new_start:new_start + stop - start] = old_w[:, start:stop]
+        with torch.no_grad():
+            new.style_proj.weight.copy_(w)
+        return new
 
     # ---- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:

@@ -73,6 +73,17 @@ _FIELDS = (
     ),
     FieldSpec("seed", "int", 0, "Random seed: the same seed gives the same echoes.", 0, 2**31 - 1),
     FieldSpec(
+        "mode", "choice", "delay",
+        "'delay' (echoes re-generated from what you played) or 'jam' (the model plays a part that accompanies you, "
+        "one block ahead; needs a jamming model).",
+        choices=("delay", "jam"),
+    ),
+    FieldSpec("prompt", "str", "", "Text prompt for the generated sound, e.g. \"bright glassy bells\" (text models)."),
+    FieldSpec(
+        "guidance", "float", 1.0, "Classifier-free guidance scale: how strongly style and prompt are followed; 1 = off "
+        "(one model pass per step), above 1 costs two.", 1.0, 8.0,
+    ),
+    FieldSpec(
         "style", "style", {}, "Style tags and their weights; tags: " + ", ".join(STYLE_VOCAB) + ".", 0.0, 1.0,
         choices=STYLE_VOCAB,
     ),
@@ -164,6 +175,9 @@ class Preset:
     steps: int = _default("steps")
     sampler: str = _default("sampler")
     seed: int = _default("seed")
+    mode: str = _default("mode")
+    prompt: str = _default("prompt")
+    guidance: float = _default("guidance")
     style: dict[str, float] = _default("style")
     pre: tuple[dict, ...] = _default("pre")
     post: tuple[dict, ...] = _default("post")
@@ -255,6 +269,18 @@ def load_preset(path_or_name: str | Path) -> Preset:
             f"unknown preset {text!r}{_close_match(text, shipped)}; available presets: {', '.join(shipped)}"
         )
     return _load_file(shipped[text])
+
+
+def unplayable_reason(preset: Preset, config) -> str | None:
+    """Why a model with ``config`` (a ModelConfig) cannot play ``preset``, naming the field: a prompt needs a text
+    model, jam mode a jamming one. None when it can."""
+    if preset.prompt and not config.text_dim:
+        return (f"field 'prompt' = {preset.prompt!r} needs a text model; this one takes no text prompts (its config "
+                f"has text_dim 0): use style tags instead")
+    if preset.mode == "jam" and not config.accompaniment:
+        return ("field 'mode' = 'jam' needs a jamming model; this one was not trained to jam (its config has "
+                "accompaniment false)")
+    return None
 
 
 def list_presets() -> list[Preset]:

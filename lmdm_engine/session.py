@@ -2,13 +2,22 @@
 
     host buffer -> sanitise -> resample to the model rate -> FIFO of model blocks
       per block: encode -> context = (1 - feedback) * input + feedback * last echo -> KV cache
-                 next echo = sample(noised delayed context, strength, steps, style) -> decode
+                 next echo = sample(noised delayed context, strength, steps, conditioning) -> decode
     -> resample back -> wet FIFO -> wet/dry mix -> host buffer (same length)
 
 The echo of block k plays during block k + 1: the wet path is delayed by one block (the delay time) plus the
 codec and resampler latencies, reported as ``latency_samples``; the dry path is not delayed. Output is a fixed
 function of the input sample stream, so it never depends on the host's buffer size: blocks are processed the
 moment they fill, and the wet FIFO starts with enough silence that it never runs dry.
+
+Conditioning (conditioning.py): style tags, the text prompt's embedding and, in jam mode, the accompaniment flag.
+Context K/V do not depend on it, so a change needs no cache rebuild; it cross-fades linearly over
+``PROMPT_CROSSFADE_BLOCKS`` blocks (the flag switches at once).
+
+Jam mode (models trained with ``accompaniment``): the context of block k is what was heard during it, the input
+plus the jam part that played (encoded by a second codec), and the part for block k + 1 is generated from noise
+with the accompaniment flag. It is predicted one block ahead from what was played so far, and the one-block wet
+delay is exactly that horizon: it plays in time with the input. Strength and feedback do not apply.
 """
 
 from __future__ import annotations
@@ -21,7 +30,9 @@ import numpy as np
 from pedalboard.io import StreamResampler
 
 from .codec import StreamingCodec
-from .presets import DEFAULT_PRESET, Preset, load_preset, preset_from_dict
+from .conditioning import conditioning_vector, embed_prompt
+from .config import ModelConfig
+from .presets import DEFAULT_PRESET, Preset, load_preset, preset_from_dict, unplayable_reason
 from .runtime import Runtime
 from .sampling import generate_block
 
@@ -29,6 +40,8 @@ from .sampling import generate_block
 INPUT_LIMIT = 2.0
 # Mix changes ramp linearly over this many host samples (no zipper noise or clicks).
 MIX_RAMP_SECONDS = 0.01
+# A conditioning change (style, prompt) cross-fades over this many blocks.
+PROMPT_CROSSFADE_BLOCKS = 2
 
 
 @functools.lru_cache(maxsize=64)
@@ -44,6 +57,33 @@ def _resampler_lag(source_rate: int, target_rate: int) -> int:
         produced += r.process(one).shape[1]
         lag = max(lag, fed * ratio - produced)
     return int(math.ceil(lag)) + 1
+
+
+class ConditioningFade:
+    """A conditioning vector that moves to a new target linearly over PROMPT_CROSSFADE_BLOCKS blocks (one step a
+    block; a change mid-fade starts from the vector last used). The accompaniment flag switches at once."""
+
+    def __init__(self, config: ModelConfig, vector: np.ndarray):
+        self._flag = config.style_layout.get("accompaniment")
+        self.target = self.used = self._start = vector
+        self._done = PROMPT_CROSSFADE_BLOCKS
+
+    def set(self, vector: np.ndarray) -> None:
+        if not np.array_equal(vector, self.target):
+            self.target, self._start, self._done = vector, self.used, 0
+
+    def next(self) -> np.ndarray:
+        """The vector of the next block."""
+        if self._done >= PROMPT_CROSSFADE_BLOCKS:
+            self.used = self.target
+            return self.used
+        self._done += 1
+        w = self._done / PROMPT_CROSSFADE_BLOCKS
+        vec = ((1.0 - w) * self._start + w * self.target).astype(np.float32)
+        if self._flag:
+            vec[..., self._flag[0]] = self.target[..., self._flag[0]]
+        self.used = vec
+        return vec
 
 
 class ChannelResampler:
@@ -73,6 +113,7 @@ class Session:
         params = preset if isinstance(preset, Preset) else load_preset(preset or DEFAULT_PRESET)
         self.params = preset_from_dict({**dataclasses.asdict(params), **overrides}, source="session parameters")
         self._latent_scale = runtime.latent_scale[None, None, :]
+        self._embedded = ("", None)  # the last prompt embedded and its embedding
         self.reset()
 
     # ---- parameters -----------------------------------------------------------------------------
@@ -85,18 +126,29 @@ class Session:
             raise ValueError(f"delay_seconds={params.delay_seconds} is outside this model's range [{lo:.3f}, {hi:.3f}] s")
         return frames
 
-    def _style_vector(self, params: Preset) -> np.ndarray:
-        vocab = self.config.style_vocab
-        vec = np.zeros(len(vocab), np.float32)
-        for tag, weight in params.style.items():
-            if tag not in vocab:
-                raise ValueError(f"style tag {tag!r} is not in this model's vocabulary {list(vocab)}")
-            vec[vocab.index(tag)] = weight
+    def _embed(self, prompt: str) -> np.ndarray | None:
+        if not prompt:
+            return None
+        if prompt != self._embedded[0]:
+            try:
+                self._embedded = (prompt, embed_prompt(prompt, self.config))
+            except ValueError as e:
+                raise type(e)(f"prompt {prompt!r}: {e}") from None  # TextExtraMissing stays itself
+        return self._embedded[1]
+
+    def _conditioning(self, params: Preset) -> np.ndarray:
+        """The conditioning vector [channels, style_dim] of ``params`` (embeds a new prompt: TextExtraMissing when
+        free text needs the text extra)."""
+        reason = unplayable_reason(params, self.config)
+        if reason:
+            raise ValueError(f"preset {params.name!r}: {reason}")
+        vec = conditioning_vector(self.config, params.style, self._embed(params.prompt), params.mode == "jam")
         return np.repeat(vec[None], self.channels, 0)
 
     def set_params(self, **changes) -> None:
-        """Change parameters between blocks (validated like a preset). The delay, strength, steps, sampler and
-        style apply from the next block; the mix ramps over 10 ms; a new seed restarts the noise stream."""
+        """Change parameters between blocks (validated like a preset; a rejected change keeps the old ones). The
+        delay, strength, steps, sampler, guidance and mode apply from the next block; style and prompt cross-fade
+        over PROMPT_CROSSFADE_BLOCKS blocks; the mix ramps over 10 ms; a new seed restarts the noise stream."""
         if "preset" in changes:
             base = load_preset(changes.pop("preset"))
         else:
@@ -104,14 +156,20 @@ class Session:
         merged = {**dataclasses.asdict(base), **changes}
         params = preset_from_dict(merged, source="session parameters")
         self._block_frames_for(params)
-        style = self._style_vector(params)
+        style = self._conditioning(params)
         if params.seed != self.params.seed:
             self._rng = np.random.default_rng(params.seed)
-        self.params, self._style = params, style
+        self._fade.set(style)
+        self.params = params
 
     def set_preset(self, preset: Preset | str) -> None:
         p = preset if isinstance(preset, Preset) else load_preset(preset)
         self.set_params(**dataclasses.asdict(p))
+
+    @property
+    def _style(self) -> np.ndarray:
+        """The conditioning vector [channels, style_dim] the parameters ask for (blocks reach it after a fade)."""
+        return self._fade.target
 
     # ---- latency and state ----------------------------------------------------------------------
     @property
@@ -128,13 +186,16 @@ class Session:
     def reset(self) -> None:
         """Forget all audio: fresh codec, cache, FIFOs, resamplers and noise stream (parameters are kept)."""
         cfg, c = self.config, self.channels
-        self._style = self._style_vector(self.params)
+        self._fade = ConditioningFade(cfg, self._conditioning(self.params))
         self._rng = np.random.default_rng(self.params.seed)
         self._codec = StreamingCodec(cfg, c)
+        self._mix_codec = StreamingCodec(cfg, c)  # jam mode: encodes the input plus the part that played
+        self._jamming = False  # the mode of the last block was jam
         self._cache = self.runtime.new_state(c)
         self._context = np.zeros((c, cfg.max_block_frames, cfg.latent_dim), np.float32)  # latest context frames
         self._next_frames = self._block_frames_for(self.params)
         self._echo = np.zeros((c, self._next_frames, cfg.latent_dim), np.float32)  # echo playing now
+        self._played = np.zeros((c, self._next_frames * cfg.hop), np.float32)  # its audio (model rate)
         self._in_fifo = np.zeros((c, 0), np.float32)
         resampled = self.sample_rate != cfg.sample_rate
         self._to_model = ChannelResampler(self.sample_rate, cfg.sample_rate, c) if resampled else None
@@ -209,19 +270,28 @@ class Session:
         return ramp.astype(np.float32)
 
     def _process_block(self, block: np.ndarray) -> np.ndarray:
-        """One model block in (model rate), the next echo block out (model rate)."""
+        """One model block in (model rate), the next echo (or jam) block out (model rate)."""
         p, cfg = self.params, self.config
+        jam = p.mode == "jam"
+        if jam and not self._jamming:  # the mix encoder goes on from where the input's is
+            self._mix_codec.state.update({k: self._codec.state[k].copy() for k in ("encoder_history", "encoder_phase")})
+        self._jamming = jam
         heard = self._codec.encode(block) / self._latent_scale  # [C, L, D] model space
-        context = (1.0 - p.feedback) * heard + p.feedback * self._echo
+        if jam:  # what was heard during this block: the input and the part that played
+            context = self._mix_codec.encode(block + self._played) / self._latent_scale
+        else:
+            context = (1.0 - p.feedback) * heard + p.feedback * self._echo
         self._cache = self.runtime.append_context(self._cache, context)
         n = context.shape[1]
         self._context = np.concatenate([self._context[:, n:], context], 1)
         frames = self._block_frames_for(p)
-        delayed = self._context[:, -frames:]
+        start = np.zeros_like(self._context[:, -frames:]) if jam else self._context[:, -frames:]
         shape = (1, frames, cfg.latent_dim)  # shared noise across channels keeps the echo's stereo image
         noise = lambda x: np.broadcast_to(self._rng.standard_normal(shape, np.float32), x.shape)
-        echo = generate_block(self.runtime, self._cache, delayed, p.strength, p.steps, p.sampler, self._style, noise)
+        echo = generate_block(self.runtime, self._cache, start, 1.0 if jam else p.strength, p.steps, p.sampler,
+                              self._fade.next(), noise, p.guidance)
         self._echo = np.asarray(echo, np.float32)
         self._next_frames = frames
         self.blocks_processed += 1
-        return self._codec.decode(self._echo * self._latent_scale)
+        self._played = self._codec.decode(self._echo * self._latent_scale)
+        return self._played

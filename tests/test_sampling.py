@@ -59,3 +59,57 @@ def test_generate_block_strength():
     out = generate_block(rt, {}, delayed, 0.5, 2, "euler", None, noise)
     assert rt.times == [0.5, 0.25]  # starts at t = strength
     assert np.allclose(out, 0.5 * 1 + 0.5 * 3)  # zero velocity keeps the noised start
+
+
+class _StyleEcho:
+    """A runtime stand-in whose velocity is the sum of the conditioning vector, recording each call's vector."""
+
+    def __init__(self, config):
+        self.config, self.styles = config, []
+
+    def velocity(self, state, x, t, style):
+        self.styles.append(np.array(style))
+        return np.full(x.shape, float(np.sum(style)), np.float32)
+
+
+def test_guidance_contrasts_the_conditional_with_the_unconditional_velocity():
+    from lmdm_engine.conditioning import TEXT_ENCODER, conditioning_vector
+    from lmdm_engine.config import debug_config
+
+    cfg = debug_config(text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True)
+    style = conditioning_vector(cfg, {"bell": 1.0}, np.full(384, 0.01, np.float32), accompany=True)[None]
+    cond, uncond = float(style.sum()), 1.0  # the unconditional vector keeps only the accompaniment flag
+    delayed = np.zeros((1, 4, 2), np.float32)
+    noise = lambda x: np.full(x.shape, 3.0, np.float32)
+    rt = _StyleEcho(cfg)
+    out = generate_block(rt, {}, delayed, 1.0, 2, "euler", style, noise, guidance=2.5)
+    assert len(rt.styles) == 4  # two calls a step: the conditional one first
+    np.testing.assert_array_equal(rt.styles[0], style)
+    np.testing.assert_array_equal(rt.styles[1][0, :len(cfg.style_vocab)], 0.0)
+    assert rt.styles[1].sum() == 1.0
+    assert np.allclose(out, 3.0 - (uncond + 2.5 * (cond - uncond)))  # x(0) = x(1) - v for a constant v
+    rt = _StyleEcho(cfg)
+    out = generate_block(rt, {}, delayed, 1.0, 2, "euler", style, noise, guidance=1.0)
+    assert len(rt.styles) == 2 and np.allclose(out, 3.0 - cond)  # guidance 1: one call a step, no contrast
+
+
+def test_guidance_on_a_real_model():
+    from conftest import random_model
+    from lmdm_engine.conditioning import TEXT_ENCODER, conditioning_vector, embed_prompt
+    from lmdm_engine.runtime_torch import TorchRuntime
+
+    rt = TorchRuntime(random_model(1, text_dim=384, text_encoder=TEXT_ENCODER), "cpu")
+    cfg = rt.config
+    state = rt.append_context(rt.new_state(1), np.random.default_rng(0).standard_normal(
+        (1, 8, cfg.latent_dim)).astype(np.float32))
+    style = conditioning_vector(cfg, {"bell": 1.0}, embed_prompt("bright glassy bells", cfg))[None]
+    delayed = np.zeros((1, 6, cfg.latent_dim), np.float32)
+
+    def block(**kwargs):
+        rng = np.random.default_rng(5)
+        noise = lambda x: rng.standard_normal(x.shape).astype(np.float32)
+        return generate_block(rt, state, delayed, 1.0, 3, "pingpong", style, noise, **kwargs)
+
+    plain = block()
+    np.testing.assert_array_equal(block(guidance=1.0), plain)
+    assert np.abs(block(guidance=3.0) - plain).max() > 1e-3

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmdm_engine.metrics import snr_db
-from lmdm_engine.session import Session
+from lmdm_engine.session import PROMPT_CROSSFADE_BLOCKS, Session
 
 from conftest import tone
 
@@ -106,8 +106,8 @@ def test_bad_shapes_raise_value_error(debug_runtime):
 
 def test_style_change_mid_stream_does_not_corrupt_the_cache(debug_runtime):
     """With no feedback the cache holds the input only: after a style change the cache equals that of a session
-    that had the new style from the start, and so does every echo generated after the change. (The decoded audio
-    differs: the codec's decoder carries the running phase of all earlier echoes.)"""
+    that had the new style from the start, and so does every echo generated once the cross-fade is over. (The
+    decoded audio differs: the codec's decoder carries the running phase of all earlier echoes.)"""
     audio = tone(1.0, SR)
     a = make(debug_runtime, feedback=0.0, mix=1.0, style={"bell": 1.0})
     b = make(debug_runtime, feedback=0.0, mix=1.0, style={"pad": 1.0, "dark": 0.5})
@@ -120,10 +120,13 @@ def test_style_change_mid_stream_does_not_corrupt_the_cache(debug_runtime):
         a.process(audio[:, i:i + 2000])
         b.process(audio[:, i:i + 2000])
         if a.blocks_processed > blocks_before:
-            np.testing.assert_array_equal(a._echo, b._echo)
+            if a.blocks_processed > blocks_before + PROMPT_CROSSFADE_BLOCKS - 1:
+                np.testing.assert_array_equal(a._echo, b._echo)
+            else:
+                assert not np.array_equal(a._echo, b._echo)  # mid-fade
             for name, tensor in a._cache.items():
                 assert torch.equal(tensor, b._cache[name]), name
-    assert a.blocks_processed > blocks_before + 1
+    assert a.blocks_processed > blocks_before + PROMPT_CROSSFADE_BLOCKS
 
 
 def test_parameter_changes_mid_stream(debug_runtime):
@@ -215,3 +218,96 @@ def test_importing_the_engine_keeps_numpy_blas_to_one_thread():
     code = "import lmdm_bridge, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+# ---- jam mode --------------------------------------------------------------------------------------------------
+class RecordingContext:
+    """A runtime that records the context frames appended to the cache."""
+
+    def __init__(self, runtime):
+        self.runtime, self.appended = runtime, []
+        self.name, self.config, self.latent_scale = runtime.name, runtime.config, runtime.latent_scale
+
+    def __getattr__(self, name):
+        return getattr(self.runtime, name)
+
+    def append_context(self, state, frames):
+        self.appended.append(np.array(frames))
+        return self.runtime.append_context(state, frames)
+
+
+@pytest.fixture(scope="module")
+def jam_runtime():
+    from conftest import random_model
+    from lmdm_engine.runtime_torch import TorchRuntime
+
+    return TorchRuntime(random_model(4, accompaniment=True), "cpu")
+
+
+def make_jam(runtime, channels=1, **params):
+    rate = runtime.config.sample_rate
+    base = dict(delay_seconds=0.1, mix=1.0, steps=2, mode="jam", style={"drums": 1.0})
+    return Session(runtime, rate, channels, "tape_echo", **{**base, **params})
+
+
+def test_jam_needs_a_jamming_model(debug_runtime):
+    with pytest.raises(ValueError, match="field 'mode' = 'jam' needs a jamming model"):
+        make_jam(debug_runtime)
+    s = make(debug_runtime)
+    with pytest.raises(ValueError, match="field 'mode'"):
+        s.set_params(mode="jam")
+    assert s.params.mode == "delay"
+
+
+@pytest.mark.parametrize("buffer", [1, 64, 65, 8193])
+def test_jam_is_one_in_one_out_and_plays_a_block_ahead(jam_runtime, buffer):
+    rate = jam_runtime.config.sample_rate
+    audio = tone(1.0 if buffer == 1 else 2.0, rate)
+    block = make_jam(jam_runtime, 2).block_frames * jam_runtime.config.hop
+    out = run(make_jam(jam_runtime, 2), audio, buffer)
+    assert out.shape == audio.shape and np.isfinite(out).all()
+    np.testing.assert_array_equal(out, run(make_jam(jam_runtime, 2), audio, block))
+    assert not out[:, :block].any()  # the first part is predicted from the first block heard
+    assert np.abs(out[:, block:]).max() > 1e-3
+
+
+def test_jam_context_is_what_was_heard_input_plus_the_part_that_played(jam_runtime):
+    from lmdm_engine.codec import StreamingCodec
+
+    cfg = jam_runtime.config
+    rt = RecordingContext(jam_runtime)
+    s = make_jam(rt)
+    block = s.block_frames * cfg.hop
+    audio = tone(0.8, cfg.sample_rate, 1)[:, : 6 * block]
+    out = s.process(audio)  # mix 1 at the model rate: the output is the part as it played
+    codec = StreamingCodec(cfg, 1)
+    for k, frames in enumerate(rt.appended):
+        heard = audio[:, k * block:(k + 1) * block] + out[:, k * block:(k + 1) * block]
+        want = codec.encode(heard) / jam_runtime.latent_scale  # (out is dry + (wet - dry): float round-off)
+        np.testing.assert_allclose(frames, want, rtol=1e-4, atol=1e-4)
+    assert len(rt.appended) == 6
+
+
+def test_changing_the_input_changes_the_jam_from_the_next_block_on(jam_runtime):
+    cfg = jam_runtime.config
+    block = make_jam(jam_runtime).block_frames * cfg.hop
+    a = tone(1.0, cfg.sample_rate, 1)
+    b = a.copy()
+    b[:, 2 * block:] = tone(1.0, cfg.sample_rate, 1, seed=9)[:, 2 * block:]
+    out_a, out_b = make_jam(jam_runtime).process(a), make_jam(jam_runtime).process(b)
+    np.testing.assert_allclose(out_a[:, :3 * block], out_b[:, :3 * block], atol=1e-6)  # heard in block 2: plays in 3
+    assert np.abs(out_a[:, 3 * block:4 * block] - out_b[:, 3 * block:4 * block]).max() > 1e-3
+
+
+def test_jam_ignores_strength_and_feedback_and_can_start_mid_stream(jam_runtime):
+    cfg = jam_runtime.config
+    audio = tone(1.0, cfg.sample_rate, 1)
+    out = make_jam(jam_runtime).process(audio)
+    np.testing.assert_array_equal(make_jam(jam_runtime, strength=0.1, feedback=0.9).process(audio), out)
+    s = make_jam(jam_runtime, mode="delay")
+    half = audio.shape[1] // 2
+    first = s.process(audio[:, :half])
+    s.set_params(mode="jam")
+    second = s.process(audio[:, half:])
+    assert np.isfinite(second).all() and second.shape == (1, audio.shape[1] - half)
+    assert not np.array_equal(np.concatenate([first, second], 1), out)

@@ -72,3 +72,48 @@ def test_training_state_is_not_pickle(tmp_path, corpus):
 def test_unknown_stage(tmp_path, corpus):
     with pytest.raises(ValueError, match="unknown stage"):
         train(tmp_path, corpus, options("arc"), config=debug_config(), progress=False)
+
+
+def test_text_and_jam_conditioning_added_to_a_trained_model(tmp_path_factory, tmp_path):
+    """A model gains prompts and jamming from --init: it starts out computing what its parent did, then trains on
+    captions and on jamming examples (clean stream = a two-part clip's mix, target = one stem, flag set)."""
+    from lmdm_engine.conditioning import TEXT_ENCODER
+    from lmdm_engine.train import Batcher
+
+    corpus = write_corpus(tmp_path_factory.mktemp("jam_corpus"), 24, seconds=0.5, sample_rate=8000, progress=False)
+    base = train(tmp_path / "base", corpus, options("lmdm"), config=debug_config(), progress=False)
+    cond = dict(text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True)
+    run = train(tmp_path / "text", corpus, options("lmdm", jam_fraction=0.5, steps=3), init=base, progress=False,
+                conditioning=cond)
+    model = Denoiser.from_pretrained(run)
+    assert model.config.style_layout.keys() == {"tags", "accompaniment", "text"}
+    tags = len(model.config.style_vocab)
+    assert model.style_proj.weight[:, tags:].abs().sum() > 0  # the new columns trained away from zero
+
+    clips = load_clips(corpus, model.config, "train")
+    assert clips.captions.shape[1:] == (8, 384) and len(clips.jam) > 0
+    batcher = Batcher(clips, model.config, options("lmdm", jam_fraction=1.0, style_dropout=0.0, text_dropout=0.0,
+                                                   batch_size=6), model.latent_scale.numpy())
+    batch = batcher.next()
+    assert np.all(batch["style"][:, tags] == 1.0)  # every row a jam, flagged
+    assert not np.allclose(batch["target"], batch["clean"])  # the target is a stem, not the mix
+    assert np.all(np.abs(batch["style"][:, tags + 1:]).sum(1) > 0)  # each row carries a caption
+
+
+def test_with_conditioning_keeps_what_the_model_computes():
+    from lmdm_engine.conditioning import TEXT_ENCODER
+
+    torch.manual_seed(0)
+    model = Denoiser(debug_config())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    wide = model.with_conditioning(text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True)
+    cfg = model.config
+    context, x, t = torch.randn(2, 32, cfg.latent_dim), torch.randn(2, 16, cfg.latent_dim), torch.rand(2)
+    style = torch.rand(2, cfg.style_dim)
+    wide_style = torch.cat([style, torch.zeros(2, 385)], 1)
+    torch.testing.assert_close(wide.velocity_outpaint(context, x, t, wide_style),
+                               model.velocity_outpaint(context, x, t, style), atol=1e-5, rtol=1e-5)
+    back = wide.with_conditioning(text_dim=0, text_encoder="", accompaniment=False)  # and back again
+    torch.testing.assert_close(back.style_proj.weight, model.style_proj.weight)

@@ -58,7 +58,7 @@ const C = vector.channels;
 const L = vector.block_frames;
 const D = manifest.latent_dim;
 const hop = manifest.hop;
-const S = manifest.style_vocab.length;
+const S = manifest.conditioning.style_dim;
 const initial = (graph, dims) =>
   Object.fromEntries(
     graph.entry.inputs.filter((io) => io.name in manifest.state[graph.name]).map((io) => [io.name, zeros(io, dims)]),

