@@ -10,7 +10,7 @@ accompanying it), the part's level against the input's, and how often the part's
 the part against an unrelated clip).
 
     python benchmarks/bench_jam.py [--model DIR] [--runtime onnx|torch] [--clips 24] [--seconds 6]
-        [--guidance 1 4] [--preset jam_drums] [--want drums] [--markdown] [--json OUT]
+        [--guidance 1 4] [--steps N] [--preset jam_drums] [--want drums] [--markdown] [--json OUT]
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 4.0])
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
     parser.add_argument("--classifier", default=str(DEFAULT_CACHE))
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--markdown", action="store_true")
@@ -89,7 +90,8 @@ def main() -> None:
     for guidance in args.guidance:
         heard, levels, agreement, chance = [], [], [], []
         for k, clip in enumerate(clips):
-            session = Session(runtime, sr, 1, args.preset, mix=1.0, guidance=guidance)
+            steps = {"steps": args.steps} if args.steps else {}
+            session = Session(runtime, sr, 1, args.preset, mix=1.0, guidance=guidance, **steps)
             block = session.block_frames * runtime.config.hop
             part = session.process(clip.audio[None])[0][block:]  # the part, from its first played block on
             heard.append(classifier.predict([part], sr)[0])
@@ -106,7 +108,8 @@ def main() -> None:
         }
         print(f"guidance {guidance:g}: {time.perf_counter() - start:.0f} s", flush=True)
 
-    print(f"\nmachine: {machine()}; model {model} ({runtime.name}); preset {args.preset}; {args.clips} pitched clips "
+    print(f"\nmachine: {machine()}; model {model} ({runtime.name}); preset {args.preset}"
+          f"{f', {args.steps} steps' if args.steps else ''}; {args.clips} pitched clips "
           f"of {args.seconds:g} s (no drums); classifier held-out accuracy {classifier.heldout_accuracy:.1%}")
     headers = ["guidance", f"heard as {args.want}", "heard as the input's timbre", "level vs input (dB, median)",
                "part onsets on input onsets", "same, unrelated clip (chance)", "heard as (counts)"]
