@@ -56,6 +56,9 @@ class PlanError(ValueError):
     """A request that cannot be carried out as a whole (e.g. two inputs named to one output); nothing was run."""
 
 
+WORKER_STOP_SECONDS = 5.0  # a stopped run waits this long for its workers to clean up, then kills them
+
+
 class Interrupted(BaseException):
     """Stops a run on SIGTERM (or in a worker whose parent is gone); partial files are removed on the way out."""
 
@@ -570,11 +573,15 @@ def _run_in_processes(jobs: list[Job], settings: BatchSettings, workers: int,
                 w.tasks.put(None)
             elif w.process.is_alive():
                 w.process.terminate()  # SIGTERM: the worker removes its partial file and exits
+        # one shared deadline: a stopped run exits within WORKER_STOP_SECONDS however many workers it has
+        deadline = time.monotonic() + (30.0 if finished else WORKER_STOP_SECONDS)
         for w in pool.values():
-            w.process.join(timeout=30)
-            if w.process.is_alive():
+            w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if w.process.is_alive():  # stuck (a signal can land inside a lock at exit): killed, its file cleaned
                 w.process.kill()
                 w.process.join()
+                if w.job is not None:
+                    discard_stale_partials([w.job])
 
 
 # ---- reporting --------------------------------------------------------------------------------------------------
