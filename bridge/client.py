@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .blocks import BlockAssembler
-from .framing import FRAMINGS, FramingError, LengthPrefixFraming
+from .framing import FRAMINGS, FramingError
 from .osc import Message, OscDecodeError, decode_packet, encode_message
 from .protocol import (AUDIO, CLOSE, OPEN, PARAM, PING, PRESET, RESET, STATUS, STYLE_PREFIX, AudioReply, BlockFlag,
                        ErrorCode, ErrorReply, InfoReply, ProtocolError, audio_packets, parse_reply)
@@ -145,13 +145,10 @@ class BridgeClient:
         if self.transport == "udp":
             for packet in audio_packets(AUDIO, session, seq, audio, None, self._max_packet, doubles=True):
                 self._sock.send(packet)
-        elif isinstance(self._framing, LengthPrefixFraming):  # the size prefix goes in front, in the same buffer
-            (packet,) = audio_packets(AUDIO, session, seq, audio, None, None, doubles=True, reserve=4)
-            packet[:4] = (len(packet) - 4).to_bytes(4, "big")
-            self._sock.sendall(packet)
         else:
-            (packet,) = audio_packets(AUDIO, session, seq, audio, None, None, doubles=True)
-            self._sock.sendall(self._framing.encode(bytes(packet)))
+            (packet,) = audio_packets(AUDIO, session, seq, audio, None, None, doubles=True,
+                                      reserve=self._framing.header_size)
+            self._sock.sendall(self._framing.frame(packet))
         return seq
 
     def receive_block(self, session: str, seq: int, timeout: float | None = None) -> BlockResult:

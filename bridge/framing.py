@@ -35,9 +35,17 @@ class LengthPrefixFraming:
         self._buffer = bytearray()
         self._skip = 0  # bytes of an oversized frame still to discard
 
+    header_size = 4  # bytes a packet built for ``frame`` leaves free in front
+
     @staticmethod
     def encode(packet: bytes) -> bytes:
         return _SIZE.pack(len(packet)) + packet
+
+    @staticmethod
+    def frame(buffer: bytearray) -> bytearray:
+        """A packet built after ``header_size`` free bytes, framed in place (no copy of the packet)."""
+        _SIZE.pack_into(buffer, 0, len(buffer) - 4)
+        return buffer
 
     def feed(self, data: bytes) -> list[bytes | FramingError]:
         """Packets completed by ``data``, with a FramingError in place of each skipped frame. Raises
@@ -97,9 +105,16 @@ class SlipFraming:
         self._scanned = 0  # bytes of the buffer already searched for END
         self._oversized = False  # inside a frame already reported as too large: discard up to its END
 
+    header_size = 0  # escaping rewrites the packet anyway: nothing to leave free in front
+
     @staticmethod
     def encode(packet: bytes) -> bytes:
         return _END + packet.replace(_ESC, _ESCAPED_ESC).replace(_END, _ESCAPED_END) + _END
+
+    @staticmethod
+    def frame(buffer: bytearray) -> bytes:
+        """The framed packet (see LengthPrefixFraming.frame)."""
+        return SlipFraming.encode(bytes(buffer))
 
     @staticmethod
     def _unescape(frame: bytes) -> bytes:

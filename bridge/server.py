@@ -23,7 +23,7 @@ from lmdm_engine.runtime import Runtime
 
 from .dispatch import Bridge, BridgeSettings
 from .engine import Engine
-from .framing import FramingError, LengthPrefixFraming, detect_framing
+from .framing import FramingError, detect_framing
 from .hosted import Peer
 from .osc import Message, encode_message
 from .protocol import AUDIO, audio_packets, reply_address
@@ -190,13 +190,8 @@ class TcpPeer(Peer):
         self._write(self._framing.encode(encode_message(message)))
 
     def send_audio(self, session: str, seq: int, audio, flags: int) -> None:
-        if isinstance(self._framing, LengthPrefixFraming):  # the size prefix goes in front, in the same buffer
-            (packet,) = audio_packets(AUDIO_REPLY, session, seq, audio, flags, reserve=4)
-            packet[:4] = (len(packet) - 4).to_bytes(4, "big")
-            self._write(packet)
-        else:
-            (packet,) = audio_packets(AUDIO_REPLY, session, seq, audio, flags)
-            self._write(self._framing.encode(bytes(packet)))
+        (packet,) = audio_packets(AUDIO_REPLY, session, seq, audio, flags, reserve=self._framing.header_size)
+        self._write(self._framing.frame(packet))
 
     def _write(self, data) -> None:
         self._connection.writer.write(data)
