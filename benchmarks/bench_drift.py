@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 
 from _common import machine, print_table
 from lmdm_engine.codec import decode_clip
+from lmdm_engine.conditioning import conditioning_vectors
 from lmdm_engine.config import ModelConfig
 from lmdm_engine.data import load_clips
 from lmdm_engine.evaluate import rollout
@@ -155,8 +156,7 @@ def main() -> None:
         results[name] = {}
         for steps in args.steps:
             start = time.perf_counter()
-            # the clip's tags, first in every model's conditioning layout (no prompt: the same cue for every model)
-            style = np.pad(tags, ((0, 0), (0, runtime.config.style_dim - tags.shape[1])))
+            style = conditioning_vectors(runtime.config, tags)  # the clip's tags, no prompt: one cue for every model
             continuation = rollout(runtime, context, args.blocks, length, steps, args.sampler, style, args.seed)
             seconds = time.perf_counter() - start
             stats = block_statistics(config, context, continuation, args.blocks)

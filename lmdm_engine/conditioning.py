@@ -125,22 +125,33 @@ def conditioning_vector(config: ModelConfig, style: dict[str, float] | None = No
                         prompt: np.ndarray | None = None, accompany: bool = False) -> np.ndarray:
     """float32 [style_dim]: style tag weights, the accompaniment flag and a prompt embedding, laid out as
     ``config.style_layout`` says. Raises ValueError naming a tag or part the model does not have."""
-    vec = np.zeros(config.style_dim, np.float32)
-    layout = config.style_layout
+    tags = np.zeros(len(config.style_vocab), np.float32)
     for tag, weight in (style or {}).items():
         if tag not in config.style_vocab:
             raise ValueError(f"style tag {tag!r} is not in this model's vocabulary {list(config.style_vocab)}")
-        vec[config.style_vocab.index(tag)] = weight
+        tags[config.style_vocab.index(tag)] = weight
+    return conditioning_vectors(config, tags[None], None if prompt is None else np.asarray(prompt)[None],
+                                accompany)[0]
+
+
+def conditioning_vectors(config: ModelConfig, tags: np.ndarray, prompts: np.ndarray | None = None,
+                         accompany: bool = False) -> np.ndarray:
+    """float32 [n, style_dim], laid out as ``config.style_layout`` says, from tag weights [n, T] (vocabulary order),
+    prompt embeddings [n, E] (None: no prompt) and the accompaniment flag."""
+    layout = config.style_layout
+    out = np.zeros((len(tags), config.style_dim), np.float32)
+    start, stop = layout["tags"]
+    out[:, start:stop] = tags
     if accompany:
         if "accompaniment" not in layout:
             raise ValueError("this model was not trained to jam (its config has accompaniment false)")
-        vec[layout["accompaniment"][0]] = 1.0
-    if prompt is not None:
+        out[:, layout["accompaniment"][0]] = 1.0
+    if prompts is not None:
         if "text" not in layout:
             raise ValueError("this model takes no text prompts (its config has text_dim 0)")
         start, stop = layout["text"]
-        vec[start:stop] = prompt
-    return vec
+        out[:, start:stop] = prompts
+    return out
 
 
 def unconditional(config: ModelConfig, vector: np.ndarray) -> np.ndarray:

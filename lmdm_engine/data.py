@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .codec import CODEC_VERSION, encode_clip
+from .conditioning import conditioning_vectors
 from .config import ModelConfig
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3")
@@ -48,16 +49,12 @@ class LatentClips:
 
     def conditioning(self, config: ModelConfig, idx) -> np.ndarray:
         """Conditioning vectors [n, style_dim] of clips ``idx``: their tags and (text models) first caption."""
-
-        out = np.zeros((len(idx), config.style_dim), np.float32)
-        tags = config.style_layout["tags"]
-        out[:, tags[0]:tags[1]] = self.styles[idx]
+        prompts = None
         if "text" in config.style_layout:
             if self.captions is None:
                 raise ValueError("a text model needs captioned clips (the procedural corpus)")
-            start, stop = config.style_layout["text"]
-            out[:, start:stop] = self.captions[idx, 0]
-        return out
+            prompts = self.captions[idx, 0]
+        return conditioning_vectors(config, self.styles[idx], prompts)
 
 
 def _codec_key(config: ModelConfig) -> str:
@@ -151,16 +148,16 @@ def corpus_jam_pairs(corpus_dir: Path, rows: list[dict], config: ModelConfig, sp
         with np.load(path, allow_pickle=False) as z:
             if list(z["clip"]) == picked:
                 return JamPairs(z["clip"], z["stems"], z["styles"], z["captions"] if config.text_dim else None)
+    rates = {rows[i]["sample_rate"] for i in picked}
+    if rates != {config.sample_rate}:
+        raise ValueError(f"{corpus_dir}: clips at {sorted(rates)} Hz; the model runs at {config.sample_rate}")
     stems, styles, texts = [], [], []
     for i in tqdm(picked, desc=f"rendering {split} stems", leave=False):
         r = rows[i]
         clip = render_clip_parts(r["seed"], r["sample_rate"], r["seconds"], stems=True)
         pair = []
         for name in ("pitched", "drums"):
-            audio = clip.stems[name]
-            if r["sample_rate"] != config.sample_rate:
-                raise ValueError(f"{corpus_dir}: clips at {r['sample_rate']} Hz; the model runs at {config.sample_rate}")
-            pair.append(encode_clip(config, audio))
+            pair.append(encode_clip(config, clip.stems[name]))
             tags = [t for t in r["tags"] if t != (r["info"]["timbre"] if name == "drums" else "drums")]
             styles.append(style_vector(tags, config.style_vocab))
             texts += clip_captions(stem_info(r["info"], name), tags, CAPTIONS_PER_CLIP, r["seed"] + 1)

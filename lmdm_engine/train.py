@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from .conditioning import conditioning_vectors
 from .config import ModelConfig
 from .data import LatentClips, fit_latent_scale, load_clips
 from .model import Denoiser
@@ -88,21 +89,15 @@ class Batcher:
         """Conditioning vectors [n, style_dim] (conditioning.py's layout) for training: tag vectors [n, T], each
         dropped with ``style_dropout``; for text models one random caption of captions [n, K, E], dropped with
         ``text_dropout`` (both dropped: the unconditional vector classifier-free guidance needs); the flag."""
-        cfg, o, layout = self.config, self.options, self.config.style_layout
-        n = len(tags)
-        out = np.zeros((n, cfg.style_dim), np.float32)
-        start, stop = layout["tags"]
-        out[:, start:stop] = tags
-        out[self.rng.random(n) < o.style_dropout, start:stop] = 0.0
-        if "text" in layout:
+        o, n = self.options, len(tags)
+        tags = tags * (self.rng.random(n) >= o.style_dropout)[:, None]
+        prompts = None
+        if "text" in self.config.style_layout:
             if captions is None:
                 raise ValueError("a text model trains on captioned clips (the procedural corpus)")
-            start, stop = layout["text"]
-            out[:, start:stop] = captions[np.arange(n), self.rng.integers(0, captions.shape[1], n)]
-            out[self.rng.random(n) < o.text_dropout, start:stop] = 0.0
-        if "accompaniment" in layout:
-            out[:, layout["accompaniment"][0]] = float(accompany)
-        return out
+            prompts = captions[np.arange(n), self.rng.integers(0, captions.shape[1], n)]
+            prompts = prompts * (self.rng.random(n) >= o.text_dropout)[:, None]
+        return conditioning_vectors(self.config, tags, prompts, accompany)
 
     def _styles(self, idx: np.ndarray) -> np.ndarray:
         """Conditioning vectors [n, style_dim] of clips ``idx`` (see :meth:`_conditioning`)."""
