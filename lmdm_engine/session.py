@@ -167,7 +167,7 @@ class Session:
         self.set_params(**dataclasses.asdict(p))
 
     @property
-    def _style(self) -> np.ndarray:
+    def conditioning(self) -> np.ndarray:
         """The conditioning vector [channels, style_dim] the parameters ask for (blocks reach it after a fade)."""
         return self._fade.target
 

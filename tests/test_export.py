@@ -144,4 +144,4 @@ def test_shipped_manifest_carries_each_preset_conditioning_vector():
         vector = manifest["presets"][preset.name]["style_vector"]
         assert vector is not None, preset.name  # the shipped model plays every shipped preset
         session = Session(runtime, 48000, 1, preset.name)
-        np.testing.assert_allclose(vector, session._style[0], atol=1e-6)
+        np.testing.assert_allclose(vector, session.conditioning[0], atol=1e-6)

