@@ -236,6 +236,10 @@ class HostedSession:
             if block.answered:  # a worker answered it meanwhile
                 return
             self._send_answer(block, audio, flags)
+        self._settle(block)
+
+    def _settle(self, block: _Block) -> None:
+        """On the loop, once a block is answered (from here or a worker): its timer and the back-pressure."""
         if block.timer is not None:
             block.timer.cancel()
         self.peer.set_congested(self.id, self.backlog >= max(1, self.max_queued_blocks // 2))
@@ -287,9 +291,7 @@ class HostedSession:
             self.counts["restarts"] += 1
         if block.processed:  # answered from the worker thread
             self.counts["processed"] += 1
-            if block.timer is not None:
-                block.timer.cancel()
-            self.peer.set_congested(self.id, self.backlog >= max(1, self.max_queued_blocks // 2))
+            self._settle(block)
             return
         if block.answered:  # its deadline passed while it ran: answered dry already
             return
