@@ -170,8 +170,10 @@ def _write_stream(path: Path, blocks, source_rate: int, target_rate: int, frames
     import soundfile as sf
     from pedalboard.io import StreamResampler
 
+    from .batch import PARTIAL_SUFFIX
+
     fmt = {".wav": "WAV", ".flac": "FLAC"}[path.suffix.lower()]
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
     resampler = StreamResampler(source_rate, target_rate, 1) if source_rate != target_rate else None
     written = 0
     try:
