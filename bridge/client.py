@@ -20,7 +20,8 @@ from .blocks import BlockAssembler
 from .framing import FRAMINGS, FramingError
 from .osc import Message, OscDecodeError, decode_packet, encode_message
 from .protocol import (AUDIO, CLOSE, OPEN, PARAM, PING, PRESET, RESET, STATUS, STYLE_PREFIX, AudioReply, BlockFlag,
-                       ErrorCode, ErrorReply, InfoReply, ProtocolError, audio_packets, parse_reply)
+                       ErrorCode, ErrorReply, InfoReply, ProtocolError, audio_packets, parse_reply,
+                       read_audio_packet)
 
 log = logging.getLogger("lmdm_bridge.client")
 
@@ -223,6 +224,10 @@ class BridgeClient:
         for packet in packets:
             if isinstance(packet, FramingError):
                 log.warning("unreadable frame from the bridge: %s", packet)
+                continue
+            audio = read_audio_packet(packet, reply=True)  # most replies: read without the generic decoder
+            if audio is not None:
+                self._file(audio)
                 continue
             try:
                 messages = decode_packet(packet)

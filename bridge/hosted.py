@@ -193,10 +193,13 @@ class HostedSession:
                 self._queue.put_nowait(_LOST)
                 continue
             self._enqueue(assembled)
-        if self._assembly_timer is not None:
-            self._assembly_timer.cancel()
-            self._assembly_timer = None
         when = self._assembler.next_timeout()
+        timer = self._assembly_timer
+        if timer is not None and when == timer.when():  # the usual case: a chunk of the block already waited on
+            return
+        if timer is not None:
+            timer.cancel()
+            self._assembly_timer = None
         if when is not None:
             self._assembly_timer = self._loop.call_at(when, self._poll_assembler)
 

@@ -41,16 +41,16 @@ class Message:
     args: tuple = ()
 
 
-def _pad4(n: int) -> int:
+def pad4(n: int) -> int:
     return (n + 3) & ~3
 
 
 # ---- encoding -------------------------------------------------------------------------------------
-def _encode_string(text: str) -> bytes:
+def encode_string(text: str) -> bytes:
     raw = text.encode("utf-8")
     if b"\0" in raw:
         raise ValueError(f"OSC strings cannot hold NUL characters: {text!r}")
-    return raw + b"\0" * (_pad4(len(raw) + 1) - len(raw))
+    return raw + b"\0" * (pad4(len(raw) + 1) - len(raw))
 
 
 def _encode_arg(value, doubles: bool) -> tuple[str, bytes]:
@@ -66,10 +66,10 @@ def _encode_arg(value, doubles: bool) -> tuple[str, bytes]:
     if isinstance(value, (float, np.floating)):
         return ("d", _FLOAT64.pack(float(value))) if doubles else ("f", _FLOAT32.pack(float(value)))
     if isinstance(value, str):
-        return "s", _encode_string(value)
+        return "s", encode_string(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
-        return "b", _INT32.pack(len(data)) + data + b"\0" * (_pad4(len(data)) - len(data))
+        return "b", _INT32.pack(len(data)) + data + b"\0" * (pad4(len(data)) - len(data))
     raise TypeError(f"cannot encode {type(value).__name__} {value!r} as an OSC argument")
 
 
@@ -82,7 +82,7 @@ def encode_message(message: Message, doubles: bool = False) -> bytes:
         tag, data = _encode_arg(value, doubles)
         tags.append(tag)
         parts.append(data)
-    return b"".join([_encode_string(message.address), _encode_string("".join(tags)), *parts])
+    return b"".join([encode_string(message.address), encode_string("".join(tags)), *parts])
 
 
 # ---- decoding -------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def _read_string(data: bytes, pos: int, what: str) -> tuple[str, int]:
     end = data.find(b"\0", pos)
     if end < 0:
         raise OscDecodeError(f"{what} at byte {pos} has no NUL terminator")
-    nxt = _pad4(end + 1)
+    nxt = pad4(end + 1)
     if nxt > len(data):
         raise OscDecodeError(f"{what} at byte {pos} is not padded to a multiple of 4 bytes")
     try:
@@ -114,9 +114,9 @@ def _read_arg(tag: str, data: bytes, pos: int):
             raise OscDecodeError(f"blob size at byte {pos} runs past the end of the packet")
         size = _INT32.unpack_from(data, pos)[0]
         start = pos + 4
-        if size < 0 or start + _pad4(size) > len(data):
+        if size < 0 or start + pad4(size) > len(data):
             raise OscDecodeError(f"blob at byte {pos} claims {size} bytes; the packet holds {len(data) - start}")
-        return data[start: start + size], start + _pad4(size)
+        return data[start: start + size], start + pad4(size)
     raise OscDecodeError(f"unsupported OSC type tag {tag!r}")
 
 
@@ -166,5 +166,5 @@ def decode_packet(data: bytes) -> list[Message]:
     if len(data) % 4:
         raise OscDecodeError(f"packet size {len(data)} is not a multiple of 4")
     out: list[Message] = []
-    _decode_into(bytes(data), out, 0)
+    _decode_into(data if type(data) is bytes else bytes(data), out, 0)
     return out

@@ -2,13 +2,15 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmdm_engine.presets import load_preset
-from lmdm_bridge.osc import Message, encode_message
+from lmdm_bridge.osc import Message, OscDecodeError, decode_packet, encode_message
 from lmdm_bridge.protocol import (AUDIO, OPEN, AudioChunk, AudioReply, BlockFlag, ErrorCode, ErrorReply, InfoReply,
                                   LiveParams, OpenRequest, ParamRequest, PingRequest, ProtocolError, StatusRequest,
                                   audio_messages, audio_packets, error_message, open_reply, params_reply, parse_reply,
-                                  parse_request)
+                                  parse_request, read_audio_packet, reply_address)
 
 
 def parse(address, *args):
@@ -106,3 +108,58 @@ def test_prompt_mode_and_guidance_are_live_parameters():
         assert e.value.code == ErrorCode.BAD_PARAMETER
     with pytest.raises(ProtocolError, match="'description' is not a live parameter"):
         parse(PARAM, "a", "description", "no")
+
+
+# ---- audio read straight from the packet --------------------------------------------------------------------------
+def generic_read(packet: bytes, reply: bool):
+    """What decode_packet and parse_request / parse_reply make of a packet; None where they reject it."""
+    try:
+        messages = decode_packet(packet)
+        if len(messages) != 1:
+            return None
+        return parse_reply(messages[0]) if reply else parse_request(messages[0])
+    except (OscDecodeError, ProtocolError):
+        return None
+
+
+int32 = st.integers(-2**31, 2**31 - 1)
+sessions = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"), max_size=70)
+samples = st.binary(max_size=64)
+
+
+@given(session=sessions, numbers=st.tuples(int32, int32, int32), flags=st.one_of(st.none(), int32), blob=samples)
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_audio_read_from_the_packet_equals_the_generic_reading(session, numbers, flags, blob):
+    """Every audio message an encoder writes (any session text, any int32s, any blob): the same request or reply as
+    the generic path, or None exactly where the generic path rejects it (and reports why)."""
+    reply = flags is not None
+    args = (session, *numbers, *([flags] if reply else []), blob)
+    packet = encode_message(Message(reply_address(AUDIO) if reply else AUDIO, args))
+    assert read_audio_packet(packet, reply) == generic_read(packet, reply)
+
+
+@given(edits=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=4),
+       cut=st.integers(0, 12), grow=st.binary(max_size=8), reply=st.booleans())
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_damaged_audio_packets_are_read_like_the_generic_path_or_left_to_it(edits, cut, grow, reply):
+    audio = np.arange(2 * 9, dtype=np.float32).reshape(2, 9)
+    (packet,) = audio_packets(reply_address(AUDIO) if reply else AUDIO, "trk", 7, audio, 0 if reply else None)
+    for at, value in edits:
+        if at < len(packet):
+            packet[at] = value
+    packet = bytes(packet[: len(packet) - cut]) + grow
+    fast = read_audio_packet(packet, reply)
+    assert fast is None or fast == generic_read(packet, reply)
+
+
+def test_audio_the_fast_reading_leaves_to_the_generic_path():
+    """Numbers sent as floats (Max, Pure Data), a seq past int32, a bundle, another message: None, and the generic
+    path reads them."""
+    blob = np.zeros(4, "<f4").tobytes()
+    as_floats = encode_message(Message(AUDIO, ("t", 1.0, 0.0, 2.0, blob)))
+    past_int32 = encode_message(Message(AUDIO, ("t", 2**31, 0, 2, blob)))
+    bundle = b"#bundle\0" + bytes(8) + len(as_floats).to_bytes(4, "big") + as_floats
+    for packet in (as_floats, past_int32, bundle, encode_message(Message("/lmdm/ping", ()))):
+        assert read_audio_packet(packet) is None
+    assert generic_read(as_floats, False) == AudioChunk("t", 1, 0, 2, blob)
+    assert read_audio_packet(bytearray(as_floats)) is None and read_audio_packet(memoryview(past_int32)) is None

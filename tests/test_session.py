@@ -220,6 +220,27 @@ def test_importing_the_engine_keeps_numpy_blas_to_one_thread():
     assert out.stdout.strip() == "1"
 
 
+def test_importing_the_engine_after_numpy_still_limits_blas_to_one_thread():
+    """A program that loaded numpy first (its OpenBLAS already has a thread per core) gets one thread too: those
+    threads busy-wait between a Session's products and held a whole core (the bridge benchmark's tail)."""
+    import os
+    import subprocess
+    import sys
+
+    settings = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in settings}
+    code = ("import numpy; from threadpoolctl import threadpool_info; "
+            "before = [i['num_threads'] for i in threadpool_info() if i['internal_api'] == 'openblas']; "
+            "import lmdm_engine; "
+            "after = [i['num_threads'] for i in threadpool_info() if i['internal_api'] == 'openblas']; "
+            "print(before, after)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    before, after = out.stdout.strip().split("] [")
+    assert after.strip("[]") == "1", out.stdout
+    if (os.cpu_count() or 1) > 1:
+        assert before.strip("[]") != "1", out.stdout  # numpy's own default, so the test shows a change
+
+
 # ---- jam mode --------------------------------------------------------------------------------------------------
 class RecordingContext:
     """A runtime that records the context frames appended to the cache."""
