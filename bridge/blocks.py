@@ -49,12 +49,6 @@ def interleaved_view(data: bytes, channels: int) -> np.ndarray:
     return np.frombuffer(data, SAMPLE_DTYPE).reshape(-1, channels).T
 
 
-def bytes_to_audio(data: bytes, channels: int) -> np.ndarray:
-    """Interleaved float32 little-endian bytes as [channels, frames] float32 audio."""
-    # one copy, straight into the [channels, frames] layout the engine takes (C order)
-    return np.array(interleaved_view(data, channels), dtype=np.float32, order="C")
-
-
 def chunk_spans(total_frames: int, frames_per_chunk: int) -> list[tuple[int, int]]:
     """(frame_offset, frames) of the chunks a block of ``total_frames`` is split into."""
     if frames_per_chunk < 1:

@@ -524,6 +524,6 @@ def read_audio_packet(packet: bytes, reply: bool = False) -> AudioChunk | AudioR
     if reply:
         seq, offset, total, flags = values
         return AudioReply(session, seq, offset, total, BlockFlag(flags), samples)
-    if not session or len(session.encode()) > MAX_SESSION_ID_BYTES or not session.isprintable():
+    if not session or end - len(head) > MAX_SESSION_ID_BYTES or not session.isprintable():
         return None
     return AudioChunk(session, *values, samples)

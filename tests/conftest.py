@@ -46,10 +46,11 @@ def tone(seconds: float, sample_rate: int, channels: int = 2, seed: int = 0) -> 
 
 
 class Recording:
-    """A runtime that records the conditioning vector of every velocity call."""
+    """A runtime that records the conditioning vector of every velocity call and the context frames of every
+    append to the cache."""
 
     def __init__(self, runtime):
-        self.runtime, self.styles = runtime, []
+        self.runtime, self.styles, self.appended = runtime, [], []
         self.name, self.config, self.latent_scale = runtime.name, runtime.config, runtime.latent_scale
 
     def __getattr__(self, name):
@@ -58,3 +59,7 @@ class Recording:
     def velocity(self, state, x, t, style):
         self.styles.append(np.array(style))
         return self.runtime.velocity(state, x, t, style)
+
+    def append_context(self, state, frames):
+        self.appended.append(np.array(frames))
+        return self.runtime.append_context(state, frames)

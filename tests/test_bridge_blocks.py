@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmdm_bridge.blocks import (BlockAssembler, ChunkError, audio_to_bytes, bytes_to_audio, chunk_spans)
+from lmdm_bridge.blocks import (BlockAssembler, ChunkError, audio_to_bytes, chunk_spans, interleaved_view)
 
 
 def block(seq: int, frames: int = 10, channels: int = 2) -> np.ndarray:
@@ -21,9 +21,9 @@ def test_samples_are_interleaved_float32_little_endian():
     audio = np.array([[1.0, 2.0], [-1.0, -2.0]], np.float32)  # [channels, frames]
     data = audio_to_bytes(audio)
     assert data == np.array([1.0, -1.0, 2.0, -2.0], "<f4").tobytes()
-    np.testing.assert_array_equal(bytes_to_audio(data, 2), audio)
+    np.testing.assert_array_equal(interleaved_view(data, 2), audio)
     with pytest.raises(ChunkError, match="not a whole number of 2-channel float32 frames"):
-        bytes_to_audio(data[:-4], 2)
+        interleaved_view(data[:-4], 2)
 
 
 def test_chunk_spans_cover_the_block():

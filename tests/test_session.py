@@ -11,7 +11,7 @@ import torch
 from lmdm_engine.metrics import snr_db
 from lmdm_engine.session import PROMPT_CROSSFADE_BLOCKS, Session
 
-from conftest import tone
+from conftest import Recording, tone
 
 SR = 48000
 
@@ -242,21 +242,6 @@ def test_importing_the_engine_after_numpy_still_limits_blas_to_one_thread():
 
 
 # ---- jam mode --------------------------------------------------------------------------------------------------
-class RecordingContext:
-    """A runtime that records the context frames appended to the cache."""
-
-    def __init__(self, runtime):
-        self.runtime, self.appended = runtime, []
-        self.name, self.config, self.latent_scale = runtime.name, runtime.config, runtime.latent_scale
-
-    def __getattr__(self, name):
-        return getattr(self.runtime, name)
-
-    def append_context(self, state, frames):
-        self.appended.append(np.array(frames))
-        return self.runtime.append_context(state, frames)
-
-
 @pytest.fixture(scope="module")
 def jam_runtime():
     from conftest import random_model
@@ -296,7 +281,7 @@ def test_jam_context_is_what_was_heard_input_plus_the_part_that_played(jam_runti
     from lmdm_engine.codec import StreamingCodec
 
     cfg = jam_runtime.config
-    rt = RecordingContext(jam_runtime)
+    rt = Recording(jam_runtime)
     s = make_jam(rt)
     block = s.block_frames * cfg.hop
     audio = tone(0.8, cfg.sample_rate, 1)[:, : 6 * block]
