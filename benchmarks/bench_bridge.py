@@ -19,12 +19,18 @@ sessions   N sessions, each on its own TCP connection and thread, all sending a 
            block comes back late. For each mode (batching on, off) N goes up through ``--sessions`` and stops after
            the first N with late blocks. Reported: late blocks, p50 and p99 round trip, and how many sessions'
            runtime calls each batched call carried.
+client     The client's own share of a UDP block, with no server: a plain socket stands in for the bridge (it
+           answers the open, then takes each block's datagrams and sends back the 24 datagrams of its reply, before
+           ``receive_block`` is timed). ``send_block`` and ``receive_block`` are timed warm (back to back) and
+           after a 20 ms sleep, as they run in a real session, where the client waits for the engine between
+           blocks: code run just after a sleep misses the CPU's caches, and on this VM costs 2 to 4 times as much.
 soak       ``--soak-sessions`` sessions (4) push ``--minutes`` of audio each, as fast as they are answered (two
            blocks in flight, no deadline). Reported: every block answered and unflagged, and the server's resident
            memory over time (from /proc): flat means it never grows past the sample taken after the first minute
            of audio (``--minutes`` / 10 for short runs) by more than 10%.
 
     python benchmarks/bench_bridge.py roundtrip [--blocks 200] [--pin 0:1] [--markdown]
+    python benchmarks/bench_bridge.py client [--blocks 200] [--markdown]
     python benchmarks/bench_bridge.py sessions [--sessions 4,8,12,16,20,24] [--seconds 10] [--markdown]
     python benchmarks/bench_bridge.py soak [--minutes 60] [--soak-sessions 4] [--markdown]
 """
@@ -32,9 +38,11 @@ soak       ``--soak-sessions`` sessions (4) push ``--minutes`` of audio each, as
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +54,9 @@ import numpy as np
 from _common import machine, print_table
 from bench_realtime import test_signal
 from lmdm_bridge import BlockFlag, BridgeClient
+from lmdm_bridge.osc import decode_packet, encode_message
+from lmdm_bridge.client import UDP_PACKET_BYTES
+from lmdm_bridge.protocol import AUDIO, audio_packets, open_reply, reply_address
 from lmdm_engine.presets import DEFAULT_PRESET
 from lmdm_engine.runtime import default_model_dir, load_runtime
 from lmdm_engine.session import Session
@@ -117,7 +128,9 @@ def roundtrip(args) -> None:
         paths[transport] = lambda block, client=client, name=transport: client.process(name, block)
         clients.append(client)
     times = {name: [] for name in paths}
-    outside = {"tcp": [], "udp": []}  # per block: round trip minus the server's time in the session for it
+    outside = {"tcp": [], "udp": []}
+    gc.collect()  # this process's own heap (the direct path's engine) out of the collector's scans, as the server's
+    gc.freeze()  # is: a full collection of it takes tens of ms, which is no part of the bridge's overhead  # per block: round trip minus the server's time in the session for it
     flagged = 0
     try:
         for block in blocks:  # the paths take turns on each block, so a busy moment touches all of them
@@ -147,6 +160,54 @@ def roundtrip(args) -> None:
         rows.append([name, pct(ms, 50), pct(ms, 99), *over])
     print_table(["path", "round trip p50 ms", "p99 ms", "bridge overhead p50 ms", "p90 ms", "p99 ms", "max ms"],
                 rows, args.markdown)
+
+
+# ---- the client's share ---------------------------------------------------------------------------------------
+def client_share(args) -> None:
+    frames = int(args.block * RATE)
+    audio = test_signal(args.block, RATE, CHANNELS)[:, :frames]
+    bridge = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    bridge.bind(("127.0.0.1", 0))
+    bridge.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    bridge.settimeout(10.0)
+    opened = threading.Thread(target=lambda: answer_open(bridge))
+    opened.start()
+    client = BridgeClient(*bridge.getsockname(), transport="udp")
+    client.open("share", RATE, CHANNELS, frames, DEFAULT_PRESET)
+    opened.join()
+    times = {}
+    for mode, pause in (("warm", 0.0), ("after a 20 ms sleep", 0.02)):
+        sends, receives = [], []
+        for _ in range(args.blocks + 2):
+            time.sleep(pause)
+            start = time.perf_counter()
+            seq = client.send_block("share", audio)
+            sends.append(1000 * (time.perf_counter() - start))
+            address = None
+            for _ in range(len(audio_packets(AUDIO, "share", seq, audio, None, UDP_PACKET_BYTES))):
+                _, address = bridge.recvfrom(1 << 16)
+            for packet in audio_packets(reply_address(AUDIO), "share", seq, audio, 0, UDP_PACKET_BYTES):
+                bridge.sendto(packet, address)
+            time.sleep(pause)
+            start = time.perf_counter()
+            client.receive_block("share", seq)
+            receives.append(1000 * (time.perf_counter() - start))
+        times[mode] = (sends[2:], receives[2:])
+    client.close_connection()
+    bridge.close()
+    print(f"machine: {machine()}")
+    print(f"{args.blocks} blocks of {args.block:g} s stereo {RATE} Hz, each way in datagrams of at most "
+          f"{UDP_PACKET_BYTES} bytes, after 2 warm-up blocks")
+    rows = [[f"{name}, {mode}", pct(ms, 50), pct(ms, 90), pct(ms, 99)]
+            for mode, (sends, receives) in times.items() for name, ms in (("send_block", sends),
+                                                                          ("receive_block", receives))]
+    print_table(["call", "p50 ms", "p90 ms", "p99 ms"], rows, args.markdown)
+
+
+def answer_open(bridge: socket.socket) -> None:
+    packet, address = bridge.recvfrom(1 << 16)
+    (request,) = decode_packet(packet)
+    bridge.sendto(encode_message(open_reply(request.args[0], 0, {})), address)
 
 
 # ---- sessions in real time ------------------------------------------------------------------------------------
@@ -268,11 +329,11 @@ def soak(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("roundtrip", "sessions", "soak"))
+    parser.add_argument("mode", choices=("roundtrip", "client", "sessions", "soak"))
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     parser.add_argument("--runtime", default=None, help="runtime backend (default: the engine's)")
     parser.add_argument("--block", type=float, default=0.5, help="block length in seconds (default 0.5)")
-    parser.add_argument("--blocks", type=int, default=200, help="roundtrip: blocks timed per path")
+    parser.add_argument("--blocks", type=int, default=200, help="roundtrip, client: blocks timed per path")
     parser.add_argument("--sessions", default="4,8,12,16,20,24", help="sessions: the session counts to try")
     parser.add_argument("--seconds", type=float, default=10.0, help="sessions: seconds of audio per run")
     parser.add_argument("--minutes", type=float, default=60.0, help="soak: minutes of audio per session")
@@ -281,7 +342,7 @@ def main() -> None:
     parser.add_argument("--pin", default=None, help="roundtrip: CLIENT:SERVER CPU lists to pin to, e.g. 0:1")
     parser.add_argument("--markdown", action="store_true", help="print tables as markdown")
     args = parser.parse_args()
-    {"roundtrip": roundtrip, "sessions": sessions, "soak": soak}[args.mode](args)
+    {"roundtrip": roundtrip, "client": client_share, "sessions": sessions, "soak": soak}[args.mode](args)
 
 
 if __name__ == "__main__":

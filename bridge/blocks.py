@@ -40,13 +40,13 @@ def audio_to_bytes(audio: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def interleaved_view(data: bytes, channels: int) -> np.ndarray:
-    """Interleaved float32 little-endian bytes as a [channels, frames] view of them (no copy)."""
-    frame_bytes = channels * SAMPLE_DTYPE.itemsize
-    if len(data) % frame_bytes:
-        raise ChunkError(f"blob of {len(data)} bytes is not a whole number of {channels}-channel float32 frames "
-                         f"({frame_bytes} bytes each)")
-    return np.frombuffer(data, SAMPLE_DTYPE).reshape(-1, channels).T
+def deinterleave(data, channels: int) -> np.ndarray:
+    """Interleaved float32 little-endian bytes (whole frames) as a new [channels, frames] array, copied a channel
+    at a time (as fast as ``interleave_into``; numpy's transposing copy is 4 to 7 times slower)."""
+    frames = np.frombuffer(data, SAMPLE_DTYPE).reshape(-1, channels)  # [frames, channels], no copy
+    out = np.empty((channels, len(frames)), SAMPLE_DTYPE)
+    interleave_into(out.T, frames.T)  # out.T is [frames, channels]: each channel is written as one contiguous row
+    return out
 
 
 def chunk_spans(total_frames: int, frames_per_chunk: int) -> list[tuple[int, int]]:
@@ -58,17 +58,17 @@ def chunk_spans(total_frames: int, frames_per_chunk: int) -> list[tuple[int, int
 
 @dataclass
 class AssembledBlock:
-    """A block ready to process: ``audio`` [channels, frames] (None when lost), and which frames arrived
-    (``filled``; the others are silence)."""
+    """A block ready to process: ``audio`` [channels, frames] (None when lost), and which of its frames never
+    arrived (``missing``, silence in ``audio``; None when all did)."""
 
     seq: int
     audio: np.ndarray | None
-    filled: np.ndarray | None
+    missing: np.ndarray | None
     first_arrival: float
 
     @property
     def concealed(self) -> bool:
-        return self.filled is None or not self.filled.all()
+        return self.audio is None or self.missing is not None
 
     @property
     def lost(self) -> bool:
@@ -76,20 +76,27 @@ class AssembledBlock:
 
 
 class _PartialBlock:
-    def __init__(self, channels: int, total_frames: int, now: float, whole: np.ndarray | None = None):
+    """A block as its chunks arrive: their interleaved bytes copied into place, and a byte per frame that says
+    whether it arrived. Plain bytes operations, not numpy, per chunk: a block's chunks arrive just after the
+    process has slept, with its caches cold, when numpy's larger code paths cost most (a block's 24 UDP chunks took
+    0.27 ms to place that way, 0.14 ms this way)."""
+
+    def __init__(self, channels: int, total_frames: int, now: float, whole: bytes | None = None):
         if whole is None:
-            self.audio = np.zeros((channels, total_frames), np.float32)
-            self.filled = np.zeros(total_frames, bool)
+            self.samples = bytearray(total_frames * channels * SAMPLE_DTYPE.itemsize)
+            self.filled = bytearray(total_frames)
             self.received = 0
         else:  # the whole block came in one chunk: no buffer to fill
-            self.audio = whole
-            self.filled = np.ones(total_frames, bool)
+            self.samples = whole
+            self.filled = b"\1" * total_frames
             self.received = total_frames
+        self.channels = channels
+        self.total_frames = total_frames
         self.first_arrival = now
 
-    @property
-    def complete(self) -> bool:
-        return self.received == self.filled.size
+    def assembled(self, seq: int) -> AssembledBlock:
+        missing = None if self.received == self.total_frames else ~np.frombuffer(self.filled, bool)
+        return AssembledBlock(seq, deinterleave(self.samples, self.channels), missing, self.first_arrival)
 
 
 class BlockAssembler:
@@ -115,8 +122,11 @@ class BlockAssembler:
                              "(the block_frames given at open)")
         if not 0 <= frame_offset < total_frames:
             raise ChunkError(f"frame_offset={frame_offset} is outside the block's {total_frames} frames")
-        audio = interleaved_view(samples, self.channels)  # copied once: into the block, or as the whole block
-        frames = audio.shape[1]
+        frame_bytes = self.channels * SAMPLE_DTYPE.itemsize
+        frames, partial = divmod(len(samples), frame_bytes)
+        if partial:
+            raise ChunkError(f"blob of {len(samples)} bytes is not a whole number of {self.channels}-channel "
+                             f"float32 frames ({frame_bytes} bytes each)")
         if frames == 0 or frame_offset + frames > total_frames:
             raise ChunkError(f"chunk of {frames} frames at frame_offset={frame_offset} does not fit in a block of "
                              f"{total_frames} frames")
@@ -125,19 +135,19 @@ class BlockAssembler:
                              f"{self.next_seq}; at most {self.window - 1} blocks may arrive early")
         block = self._pending.get(seq)
         if block is None and frames == total_frames:  # the usual case over TCP: one chunk holds the block
-            self._pending[seq] = _PartialBlock(self.channels, total_frames, now, np.array(audio, order="C"))
+            self._pending[seq] = _PartialBlock(self.channels, total_frames, now, samples)
             return self.poll(now)
         if block is None:
             block = self._pending[seq] = _PartialBlock(self.channels, total_frames, now)
-        elif block.filled.size != total_frames:
+        elif block.total_frames != total_frames:
             raise ChunkError(f"seq={seq}: chunk says total_frames={total_frames}, earlier chunks said "
-                             f"{block.filled.size}")
-        span = slice(frame_offset, frame_offset + frames)
-        if block.filled[span].any():
+                             f"{block.total_frames}")
+        end = frame_offset + frames
+        if block.filled.find(1, frame_offset, end) >= 0:  # some of these frames arrived already
             self.duplicates += 1
             return self.poll(now)
-        block.audio[:, span] = audio
-        block.filled[span] = True
+        block.samples[frame_offset * frame_bytes: end * frame_bytes] = samples
+        block.filled[frame_offset: end] = b"\1" * frames
         block.received += frames
         return self.poll(now)
 
@@ -158,10 +168,10 @@ class BlockAssembler:
                 out.append(AssembledBlock(seq, None, None, now))
             elif seq in self._pending:
                 block = self._pending[seq]
-                if not (block.complete or now >= block.first_arrival + self.timeout):
+                if not (block.received == block.total_frames or now >= block.first_arrival + self.timeout):
                     break
                 del self._pending[seq]
-                out.append(AssembledBlock(seq, block.audio, block.filled, block.first_arrival))
+                out.append(block.assembled(seq))
             elif self._pending:  # a later block is waiting: this one gets the same timeout, from then
                 waiting_since = min(b.first_arrival for b in self._pending.values())
                 if now < waiting_since + self.timeout:

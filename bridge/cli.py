@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import gc
 import logging
 import os
 
@@ -25,6 +26,14 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
     except (OSError, AttributeError):
         pass
+
+
+def freeze_startup_heap() -> None:
+    """Take what was allocated at start (the model, the runtime, the imported modules) out of the garbage
+    collector's scans (``gc.freeze``): a full collection of the server's heap takes 2 to 4 ms, and would hold up
+    every session each time it ran. What the server allocates while it runs is collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
@@ -105,6 +114,7 @@ def cmd_serve(args) -> int:
         raise SystemExit(f"cannot load the model: {e}")
     server = BridgeServer(runtime, settings, args.host, args.port, batching=not args.no_batching,
                           workers=args.workers, model=args.model or default_model_dir())
+    freeze_startup_heap()
     try:
         asyncio.run(serve(server))
     except OSError as e:

@@ -63,7 +63,7 @@ class _ClientSession:
         self.next_seq = 0
         self.assembler = BlockAssembler(channels, block_frames, reassembly, window=1 << 16)
         self.sent: dict[int, np.ndarray] = {}  # seq -> dry audio, until answered
-        self.flags: dict[int, BlockFlag] = {}
+        self.flags: dict[int, int] = {}  # seq -> the flags of its reply's first chunk
         self.ready: dict[int, BlockResult] = {}
         self.errors: dict[int, BridgeError] = {}
 
@@ -144,10 +144,10 @@ class BridgeClient:
         seq, s.next_seq = s.next_seq, s.next_seq + 1
         s.sent[seq] = audio
         if self.transport == "udp":
-            for packet in audio_packets(AUDIO, session, seq, audio, None, self._max_packet, doubles=True):
+            for packet in audio_packets(AUDIO, session, seq, audio, None, self._max_packet):
                 self._sock.send(packet)
         else:
-            (packet,) = audio_packets(AUDIO, session, seq, audio, None, None, doubles=True,
+            (packet,) = audio_packets(AUDIO, session, seq, audio, None, None,
                                       reserve=self._framing.header_size)
             self._sock.sendall(self._framing.frame(packet))
         return seq
@@ -264,7 +264,7 @@ class BridgeClient:
     def _take_blocks(s: _ClientSession, blocks) -> None:
         for block in blocks:
             dry = s.sent.pop(block.seq, None)
-            flags = s.flags.pop(block.seq, BlockFlag(0))
+            flags = BlockFlag(s.flags.pop(block.seq, 0))
             if dry is None or block.seq in s.errors:
                 continue
             if block.lost:
@@ -272,7 +272,7 @@ class BridgeClient:
                 continue
             audio = block.audio
             if block.concealed:
-                audio[:, ~block.filled] = dry[:, ~block.filled]
+                audio[:, block.missing] = dry[:, block.missing]
                 flags |= BlockFlag.CONCEALED
             s.ready[block.seq] = BlockResult(block.seq, audio, flags)
 

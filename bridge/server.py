@@ -36,6 +36,7 @@ UDP_SOCKET_BUFFER = 4 << 20
 AUDIO_REPLY = reply_address(AUDIO)
 UDP_READ_BYTES = 1 << 16  # larger than any UDP datagram's payload
 UDP_DRAIN = 256  # datagrams read in one go at most, so that TCP peers and timers get their turn
+MAX_UDP_PEERS = 1024  # source addresses whose peer objects are kept
 
 
 def is_loopback(host: str) -> bool:
@@ -326,6 +327,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._buffer = bytearray(UDP_READ_BYTES)
         self._view = memoryview(self._buffer)
         self.writer = _DatagramWriter(sock)
+        self._peers: dict[tuple, UdpPeer] = {}  # source address -> its peer (a block's datagrams share one)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -351,7 +353,11 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             self._handle(bytes(self._view[:size]), addr)
 
     def _handle(self, data: bytes, addr) -> None:
-        peer = UdpPeer(self.writer, addr[:2], self.server.settings.udp_packet_bytes)
+        peer = self._peers.get(addr)
+        if peer is None:
+            if len(self._peers) >= MAX_UDP_PEERS:  # forget them all: a peer is cheap to make again
+                self._peers.clear()
+            peer = self._peers[addr] = UdpPeer(self.writer, addr[:2], self.server.settings.udp_packet_bytes)
         self.server.bridge.handle_packet(data, peer)
 
     def error_received(self, exc) -> None:  # e.g. ICMP port unreachable: a host that went away

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmdm_bridge.blocks import (BlockAssembler, ChunkError, audio_to_bytes, chunk_spans, interleaved_view)
+from lmdm_bridge.blocks import (BlockAssembler, ChunkError, audio_to_bytes, chunk_spans, deinterleave)
 
 
 def block(seq: int, frames: int = 10, channels: int = 2) -> np.ndarray:
@@ -21,9 +21,17 @@ def test_samples_are_interleaved_float32_little_endian():
     audio = np.array([[1.0, 2.0], [-1.0, -2.0]], np.float32)  # [channels, frames]
     data = audio_to_bytes(audio)
     assert data == np.array([1.0, -1.0, 2.0, -2.0], "<f4").tobytes()
-    np.testing.assert_array_equal(interleaved_view(data, 2), audio)
+    for channels in (1, 2, 3):
+        audio = np.random.default_rng(channels).standard_normal((channels, 65), dtype=np.float32)
+        back = deinterleave(audio_to_bytes(audio), channels)
+        np.testing.assert_array_equal(back, audio)
+        assert back.flags.c_contiguous and back.flags.writeable
+
+
+def test_a_blob_of_partial_frames_is_refused():
+    assembler = BlockAssembler(2, 16, timeout=1.0)
     with pytest.raises(ChunkError, match="not a whole number of 2-channel float32 frames"):
-        interleaved_view(data[:-4], 2)
+        assembler.add(0, 0, 4, audio_to_bytes(block(0, 4))[:-4], now=0.0)
 
 
 def test_chunk_spans_cover_the_block():
@@ -54,7 +62,7 @@ def test_missing_chunk_is_concealed_after_the_timeout_never_waited_on_forever():
     assert assembler.next_timeout() == pytest.approx(1.05)
     assert assembler.poll(1.04) == []
     (out,) = assembler.poll(1.05)
-    assert out.concealed and out.filled.tolist() == [True] * 4 + [False] * 4 + [True] * 2
+    assert out.concealed and out.missing.tolist() == [False] * 4 + [True] * 4 + [False] * 2
     np.testing.assert_array_equal(out.audio[:, 4:8], 0.0)
     np.testing.assert_array_equal(out.audio[:, :4], block(0)[:, :4])
 

@@ -71,3 +71,17 @@ def test_serve_refuses_remote_addresses_without_allow_remote_and_a_token(debug_m
     with pytest.raises(SystemExit, match="max_sessions = 0 must be positive"):
         args.func(args)
     assert (args.host, args.port) == ("127.0.0.1", 9000)  # loopback by default
+
+
+def test_the_startup_heap_is_frozen_out_of_garbage_collection():
+    """lmdm serve freezes what it allocated at start, so that full collections do not scan the model's objects."""
+    import gc
+
+    from lmdm_bridge.cli import freeze_startup_heap
+
+    gc.unfreeze()
+    try:
+        freeze_startup_heap()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -92,7 +92,7 @@ def test_audio_packets_are_the_encoded_audio_messages(flags, max_packet, reserve
     """The transports' fast path writes exactly the bytes of encoding audio_messages, samples interleaved."""
     audio = np.random.default_rng(seq).standard_normal((channels, 3001))  # float64: cast to float32 on the way
     expected = [encode_message(m, doubles=True) for m in audio_messages(AUDIO, "tr", seq, audio, flags, max_packet)]
-    packets = audio_packets(AUDIO, "tr", seq, audio, flags, max_packet, doubles=True, reserve=reserve)
+    packets = audio_packets(AUDIO, "tr", seq, audio, flags, max_packet, reserve=reserve)
     assert [bytes(p[reserve:]) for p in packets] == expected
     assert all(isinstance(p, bytearray) and not any(p[:reserve]) for p in packets)
 
