@@ -54,8 +54,8 @@ import numpy as np
 from _common import machine, print_table
 from bench_realtime import test_signal
 from lmdm_bridge import BlockFlag, BridgeClient
-from lmdm_bridge.osc import decode_packet, encode_message
 from lmdm_bridge.client import UDP_PACKET_BYTES
+from lmdm_bridge.osc import decode_packet, encode_message
 from lmdm_bridge.protocol import AUDIO, audio_packets, open_reply, reply_address
 from lmdm_engine.presets import DEFAULT_PRESET
 from lmdm_engine.runtime import default_model_dir, load_runtime
@@ -128,9 +128,11 @@ def roundtrip(args) -> None:
         paths[transport] = lambda block, client=client, name=transport: client.process(name, block)
         clients.append(client)
     times = {name: [] for name in paths}
-    outside = {"tcp": [], "udp": []}
-    gc.collect()  # this process's own heap (the direct path's engine) out of the collector's scans, as the server's
-    gc.freeze()  # is: a full collection of it takes tens of ms, which is no part of the bridge's overhead  # per block: round trip minus the server's time in the session for it
+    outside = {"tcp": [], "udp": []}  # per block: round trip minus the server's time in the session for it
+    # this process's own heap (the direct path's engine) out of the collector's scans, as the server's is: a full
+    # collection of it takes tens of ms, which is no part of the bridge's overhead
+    gc.collect()
+    gc.freeze()
     flagged = 0
     try:
         for block in blocks:  # the paths take turns on each block, so a busy moment touches all of them
@@ -175,6 +177,7 @@ def client_share(args) -> None:
     client = BridgeClient(*bridge.getsockname(), transport="udp")
     client.open("share", RATE, CHANNELS, frames, DEFAULT_PRESET)
     opened.join()
+    request_datagrams = len(audio_packets(AUDIO, "share", 0, audio, None, UDP_PACKET_BYTES))
     times = {}
     for mode, pause in (("warm", 0.0), ("after a 20 ms sleep", 0.02)):
         sends, receives = [], []
@@ -184,7 +187,7 @@ def client_share(args) -> None:
             seq = client.send_block("share", audio)
             sends.append(1000 * (time.perf_counter() - start))
             address = None
-            for _ in range(len(audio_packets(AUDIO, "share", seq, audio, None, UDP_PACKET_BYTES))):
+            for _ in range(request_datagrams):
                 _, address = bridge.recvfrom(1 << 16)
             for packet in audio_packets(reply_address(AUDIO), "share", seq, audio, 0, UDP_PACKET_BYTES):
                 bridge.sendto(packet, address)

@@ -431,11 +431,17 @@ def audio_packets(address: str, session: str, seq: int, audio: np.ndarray, flags
             for start, n in spans]
 
 
+def _audio_head(address: str, numbers: int) -> bytes:
+    """An audio message's address and type tags (a session id, ``numbers`` int32s, a blob), as encode_message
+    writes them."""
+    return encode_string(address) + encode_string(",s" + "i" * numbers + "b")
+
+
 @functools.lru_cache(maxsize=1024)
 def _audio_prefix(address: str, session: str, numbers: int) -> bytes:
-    """An audio message's bytes before its int32 numbers, as encode_message writes them: kept per session, as
-    encoding them again for every block is most of the work of building its header."""
-    return encode_string(address) + encode_string(",s" + "i" * numbers + "b") + encode_string(session)
+    """An audio message's bytes before its int32 numbers: kept per session, as encoding them again for every
+    block is most of the work of building its header."""
+    return _audio_head(address, numbers) + encode_string(session)
 
 
 _INT32_BE = struct.Struct(">i")
@@ -502,8 +508,8 @@ def parse_reply(message: Message) -> AudioReply | InfoReply | ErrorReply:
 
 
 # ---- audio, read straight from the packet -------------------------------------------------------------
-_AUDIO_REQUEST_HEAD = encode_string(AUDIO) + encode_string(",siiib")
-_AUDIO_REPLY_HEAD = encode_string(reply_address(AUDIO)) + encode_string(",siiiib")
+_AUDIO_REQUEST_HEAD = _audio_head(AUDIO, 3)
+_AUDIO_REPLY_HEAD = _audio_head(reply_address(AUDIO), 4)
 _REQUEST_NUMBERS = struct.Struct(">iiii")  # seq, frame_offset, total_frames, blob size
 _REPLY_NUMBERS = struct.Struct(">iiiii")  # seq, frame_offset, total_frames, flags, blob size
 
