@@ -55,11 +55,11 @@ from _common import machine, print_table
 from bench_realtime import test_signal
 from lmdm_bridge import BlockFlag, BridgeClient
 from lmdm_bridge.client import UDP_PACKET_BYTES
-from lmdm_bridge.osc import decode_packet, encode_message
-from lmdm_bridge.protocol import AUDIO, audio_packets, open_reply, reply_address
-from lmdm_engine.presets import DEFAULT_PRESET
-from lmdm_engine.runtime import default_model_dir, load_runtime
-from lmdm_engine.session import Session
+from lmdm_bridge.wire.osc import decode_packet, encode_message
+from lmdm_bridge.protocol.requests import AUDIO, audio_packets, open_reply, reply_address
+from lmdm_engine.io.presets import DEFAULT_PRESET
+from lmdm_engine.runtime.interface import default_model_dir, load_runtime
+from lmdm_engine.stream.session import Session
 
 RATE, CHANNELS = 48000, 2
 READY = re.compile(r"^lmdm bridge ready: tcp ([\d.]+):(\d+) .*, udp ([\d.]+):(\d+);")

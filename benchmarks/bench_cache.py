@@ -23,10 +23,10 @@ import time
 import torch
 
 from _common import machine, print_table
-from lmdm_engine.config import ModelConfig
-from lmdm_engine.model import Denoiser
-from lmdm_engine.presets import DEFAULT_PRESET, load_preset
-from lmdm_engine.runtime import default_model_dir
+from lmdm_engine.core.config import ModelConfig
+from lmdm_engine.core.model import Denoiser
+from lmdm_engine.io.presets import DEFAULT_PRESET, load_preset
+from lmdm_engine.runtime.interface import default_model_dir
 
 WARMUP = 3
 

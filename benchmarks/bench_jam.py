@@ -22,9 +22,9 @@ import time
 import numpy as np
 
 from _common import machine, print_table
-from lmdm_engine.corpus import render_clip_parts
-from lmdm_engine.runtime import BACKENDS, DEFAULT_BACKEND, default_model_dir, load_runtime
-from lmdm_engine.session import Session
+from lmdm_engine.train.corpus import render_clip_parts
+from lmdm_engine.runtime.interface import BACKENDS, DEFAULT_BACKEND, default_model_dir, load_runtime
+from lmdm_engine.stream.session import Session
 from timbre_classifier import DEFAULT_CACHE, DEFAULT_DATA, load_or_train
 
 FIRST_SEED = 31_000_000  # far from the corpus's seeds

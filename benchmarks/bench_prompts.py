@@ -33,10 +33,10 @@ import soundfile as sf
 import torch
 
 from _common import machine, print_table
-from lmdm_engine.captions import PHRASINGS, timbre_prompts
-from lmdm_engine.config import TIMBRES
-from lmdm_engine.generate import generate
-from lmdm_engine.runtime import default_model_dir, load_runtime
+from lmdm_engine.train.captions import PHRASINGS, timbre_prompts
+from lmdm_engine.core.config import TIMBRES
+from lmdm_engine.stream.generate import generate
+from lmdm_engine.runtime.interface import default_model_dir, load_runtime
 from timbre_classifier import DEFAULT_CACHE, DEFAULT_DATA, load_or_train, report_lines
 
 

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from _common import machine, print_table
-from lmdm_engine.config import ModelConfig
-from lmdm_engine.model import Denoiser
-from lmdm_engine.presets import list_presets, unplayable_reason
-from lmdm_engine.runtime import BACKENDS, DEFAULT_BACKEND, default_model_dir, load_runtime
-from lmdm_engine.runtime_torch import TorchRuntime
-from lmdm_engine.session import Session
+from lmdm_engine.core.config import ModelConfig
+from lmdm_engine.core.model import Denoiser
+from lmdm_engine.io.presets import list_presets, unplayable_reason
+from lmdm_engine.runtime.interface import BACKENDS, DEFAULT_BACKEND, default_model_dir, load_runtime
+from lmdm_engine.runtime.torch import TorchRuntime
+from lmdm_engine.stream.session import Session
 
 WARMUP_SECONDS = 1.0
 NOTES_HZ = (220.0, 277.2, 329.6, 440.0, 392.0)

@@ -25,15 +25,15 @@ import soundfile as sf
 
 from _common import machine, print_table, run_measured
 from bench_realtime import test_signal
-from lmdm_engine.codec import StreamingCodec
-from lmdm_engine.presets import DEFAULT_PRESET, load_preset
-from lmdm_engine.runtime import default_model_dir, load_runtime
-from lmdm_engine.sampling import generate_block
+from lmdm_engine.core.codec import StreamingCodec
+from lmdm_engine.io.presets import DEFAULT_PRESET, load_preset
+from lmdm_engine.runtime.interface import default_model_dir, load_runtime
+from lmdm_engine.core.sampling import generate_block
 
 FIRST_BLOCK = """
 import time, numpy as np
-from lmdm_engine.runtime import load_runtime
-from lmdm_engine.session import Session
+from lmdm_engine.runtime.interface import load_runtime
+from lmdm_engine.stream.session import Session
 s = Session(load_runtime(backend="onnx"), 48000, 2, "{preset}")
 block = int(np.ceil(s.block_frames * s.config.hop * 48000 / s.config.sample_rate)) + 64
 s.process(np.zeros((2, block), np.float32))

@@ -33,8 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lmdm_engine.config import TIMBRES
-from lmdm_engine.metrics import mel_filterbank
+from lmdm_engine.core.config import TIMBRES
+from lmdm_engine.core.metrics import mel_filterbank
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = ROOT / "runs" / "timbre_classifier"
@@ -177,7 +177,7 @@ def corpus_fingerprint(rows: list[dict]) -> str:
 
 def load_corpus(data: Path, progress: bool = True) -> list[dict]:
     """The corpus's metadata rows; the corpus is rendered first (lmdm_engine.corpus defaults) when missing."""
-    from lmdm_engine.corpus import read_metadata, write_corpus
+    from lmdm_engine.train.corpus import read_metadata, write_corpus
 
     if not (data / "metadata.jsonl").is_file():
         print(f"no corpus in {data}: rendering the default one (2000 clips)", flush=True)
@@ -305,7 +305,7 @@ def load_or_train(cache: str | Path = DEFAULT_CACHE, data: str | Path = DEFAULT_
             classifier = load(cache)
             same_corpus = True
             if (data / "metadata.jsonl").is_file():
-                from lmdm_engine.corpus import read_metadata
+                from lmdm_engine.train.corpus import read_metadata
 
                 same_corpus = corpus_fingerprint(read_metadata(data)) == classifier.report.get("corpus")
             if classifier.settings == SETTINGS and same_corpus:
@@ -329,7 +329,7 @@ def load_or_train(cache: str | Path = DEFAULT_CACHE, data: str | Path = DEFAULT_
 def fresh_evaluation(classifier: TimbreClassifier, n: int, seed: int = 20261121, progress: bool = True) -> dict:
     """Accuracy on ``n`` freshly rendered clips (``corpus.render_clip_parts`` with seeds of their own, so none is a
     corpus clip): a larger test set than the corpus's heldout split, for tighter per-class figures."""
-    from lmdm_engine.corpus import render_clip_parts
+    from lmdm_engine.train.corpus import render_clip_parts
 
     sr = classifier.settings["sample_rate"]
     audio, labels, drums = [], [], []

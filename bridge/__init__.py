@@ -6,9 +6,9 @@ back (protocol: bridge/PROTOCOL.md). Layers, each usable alone: ``osc`` (codec),
 import lmdm_engine  # noqa: F401  (first: it keeps numpy's BLAS to one thread, which must be set before numpy loads)
 
 from .client import BridgeClient, BridgeEffect, BridgeError, BlockResult, OpenInfo
-from .dispatch import BridgeSettings
-from .protocol import BlockFlag, ErrorCode
-from .server import BridgeServer, ServerThread
+from lmdm_bridge.server.dispatch import BridgeSettings
+from lmdm_bridge.protocol.requests import BlockFlag, ErrorCode
+from lmdm_bridge.server.transports import BridgeServer, ServerThread
 
 __all__ = ["BridgeClient", "BridgeEffect", "BridgeError", "BlockResult", "OpenInfo", "BridgeSettings", "BlockFlag",
            "ErrorCode", "BridgeServer", "ServerThread"]

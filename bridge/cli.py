@@ -37,9 +37,9 @@ def freeze_startup_heap() -> None:
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
-    from lmdm_engine.presets import DEFAULT_PRESET
+    from lmdm_engine.io.presets import DEFAULT_PRESET
 
-    from .dispatch import BridgeSettings
+    from lmdm_bridge.server.dispatch import BridgeSettings
 
     d = BridgeSettings()
     p = subparsers.add_parser(
@@ -80,11 +80,11 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_serve(args) -> int:
-    from lmdm_engine.presets import PresetError, load_preset
-    from lmdm_engine.runtime import default_model_dir, load_runtime
+    from lmdm_engine.io.presets import PresetError, load_preset
+    from lmdm_engine.runtime.interface import default_model_dir, load_runtime
 
-    from .dispatch import BridgeSettings
-    from .server import BridgeServer, is_loopback, serve
+    from lmdm_bridge.server.dispatch import BridgeSettings
+    from lmdm_bridge.server.transports import BridgeServer, is_loopback, serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     limit_malloc_arenas()  # before any worker thread allocates

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .blocks import BlockAssembler
-from .framing import FRAMINGS, FramingError
-from .osc import Message, OscDecodeError, decode_packet, encode_message
-from .protocol import (AUDIO, CLOSE, OPEN, PARAM, PING, PRESET, RESET, STATUS, STYLE_PREFIX, AudioReply, BlockFlag,
+from lmdm_bridge.wire.blocks import BlockAssembler
+from lmdm_bridge.wire.framing import FRAMINGS, FramingError
+from lmdm_bridge.wire.osc import Message, OscDecodeError, decode_packet, encode_message
+from lmdm_bridge.protocol.requests import (AUDIO, CLOSE, OPEN, PARAM, PING, PRESET, RESET, STATUS, STYLE_PREFIX, AudioReply, BlockFlag,
                        ErrorCode, ErrorReply, InfoReply, ProtocolError, audio_packets, parse_reply,
                        read_audio_packet)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 
 def cmd_export(args) -> int:
-    from lmdm_engine.config import ConfigError
-    from lmdm_engine.model import Denoiser
+    from lmdm_engine.core.config import ConfigError
+    from lmdm_engine.core.model import Denoiser
 
     from .exporter import default_output, export_model
     from .verify import format_checks, verify_export

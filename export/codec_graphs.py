@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lmdm_engine.codec import bin_advance
-from lmdm_engine.config import ModelConfig
+from lmdm_engine.core.codec import bin_advance
+from lmdm_engine.core.config import ModelConfig
 
 OPSET = 17
 IR_VERSION = 8  # what onnxruntime 1.14+ reads (the onnx package would write its newest)

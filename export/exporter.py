@@ -20,10 +20,10 @@ import onnx
 import torch
 from torch import nn
 
-from lmdm_engine.config import ModelConfig
-from lmdm_engine.model import Denoiser, cache_names
-from lmdm_engine.presets import list_presets
-from lmdm_engine.runtime_onnx import (EXPORT_SUBDIR, MANIFEST_NAME, MANIFEST_SCHEMA, MANIFEST_VERSION, file_digest,
+from lmdm_engine.core.config import ModelConfig
+from lmdm_engine.core.model import Denoiser, cache_names
+from lmdm_engine.io.presets import list_presets
+from lmdm_engine.runtime.onnx import (EXPORT_SUBDIR, MANIFEST_NAME, MANIFEST_SCHEMA, MANIFEST_VERSION, file_digest,
                                       present_name)
 
 from .codec_graphs import OPSET, build_decoder, build_encoder
@@ -173,7 +173,7 @@ def build_manifest(config: ModelConfig, latent_scale: np.ndarray, parameters: in
 def _preset_vector(config: ModelConfig, preset) -> list[float] | None:
     """The preset's conditioning vector for this model (its prompt from the shipped embeddings), or None when
     the model cannot play the preset (a prompt or jam mode it was not trained for)."""
-    from lmdm_engine.conditioning import conditioning_vector, embed_prompt
+    from lmdm_engine.core.conditioning import conditioning_vector, embed_prompt
 
     prompt = getattr(preset, "prompt", "")
     jam = getattr(preset, "mode", "delay") == "jam"

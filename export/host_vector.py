@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lmdm_engine.corpus import render_clip
-from lmdm_engine.runtime_onnx import OnnxRuntime
-from lmdm_engine.session import Session
+from lmdm_engine.train.corpus import render_clip
+from lmdm_engine.runtime.onnx import OnnxRuntime
+from lmdm_engine.stream.session import Session
 
 HOST_TOLERANCE = 1e-3
 

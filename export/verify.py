@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmdm_engine.codec import StreamingCodec
-from lmdm_engine.corpus import render_clip
-from lmdm_engine.model import Denoiser, cache_names
-from lmdm_engine.presets import DEFAULT_PRESET, list_presets, load_preset, unplayable_reason
-from lmdm_engine.runtime_onnx import OnnxRuntime, open_session, present_name
-from lmdm_engine.runtime_torch import TorchRuntime
+from lmdm_engine.core.codec import StreamingCodec
+from lmdm_engine.train.corpus import render_clip
+from lmdm_engine.core.model import Denoiser, cache_names
+from lmdm_engine.io.presets import DEFAULT_PRESET, list_presets, load_preset, unplayable_reason
+from lmdm_engine.runtime.onnx import OnnxRuntime, open_session, present_name
+from lmdm_engine.runtime.torch import TorchRuntime
 
 STEP_TOLERANCE = 1e-4
 SESSION_TOLERANCE = 1e-3
@@ -90,7 +90,7 @@ def check_codec(onnx_rt: OnnxRuntime, seconds: float = 3.0) -> list[Check]:
 
 
 def session_output(runtime, audio: np.ndarray, preset: str, **overrides) -> np.ndarray:
-    from lmdm_engine.session import Session
+    from lmdm_engine.stream.session import Session
 
     session = Session(runtime, runtime.config.sample_rate, audio.shape[0], preset, **overrides)
     return session.process(audio)

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from lmdm_engine.codec import decode_clip
-from lmdm_engine.data import load_clips
-from lmdm_engine.evaluate import rollout
-from lmdm_engine.plots import save_spectrograms
-from lmdm_engine.runtime import load_runtime
-from lmdm_engine.session import Session
+from lmdm_engine.core.codec import decode_clip
+from lmdm_engine.train.data import load_clips
+from lmdm_engine.train.evaluate import rollout
+from lmdm_engine.io.plots import save_spectrograms
+from lmdm_engine.runtime.interface import load_runtime
+from lmdm_engine.stream.session import Session
 
 PRESETS = ("glass_bells", "dark_pad_wash", "dream_keys", "tape_echo")
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from lmdm_engine.config import debug_config
-from lmdm_engine.model import Denoiser
-from lmdm_engine.runtime_torch import TorchRuntime
+from lmdm_engine.core.config import debug_config
+from lmdm_engine.core.model import Denoiser
+from lmdm_engine.runtime.torch import TorchRuntime
 
 
 def random_model(seed: int = 0, **overrides) -> Denoiser:

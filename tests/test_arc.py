@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from lmdm_engine.arc import ArcForcing, Discriminator, mismatched_styles, self_rollout
-from lmdm_engine.config import debug_config
-from lmdm_engine.corpus import write_corpus
-from lmdm_engine.data import load_clips
-from lmdm_engine.evaluate import rollout
-from lmdm_engine.model import Denoiser
-from lmdm_engine.runtime_torch import TorchRuntime
-from lmdm_engine.train import TrainOptions, train
+from lmdm_engine.train.arc import ArcForcing, Discriminator, mismatched_styles, self_rollout
+from lmdm_engine.core.config import debug_config
+from lmdm_engine.train.corpus import write_corpus
+from lmdm_engine.train.data import load_clips
+from lmdm_engine.train.evaluate import rollout
+from lmdm_engine.core.model import Denoiser
+from lmdm_engine.runtime.torch import TorchRuntime
+from lmdm_engine.train.loop import TrainOptions, train
 
 from conftest import random_model
 
@@ -178,7 +178,8 @@ def test_arc_forcing_needs_a_model_to_start_from(tmp_path, corpus):
 
 
 def test_cli_passes_the_arc_options(tmp_path, monkeypatch):
-    from lmdm_engine import cli, train as train_module
+    from lmdm_engine import cli
+    from lmdm_engine.train import loop as train_module
 
     seen = {}
     monkeypatch.setattr(train_module, "train", lambda out, data, options, **kw: seen.setdefault("options", options))

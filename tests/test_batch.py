@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 from pedalboard.io import AudioFile
 
-import lmdm_engine.batch as batch
-from lmdm_engine.chains import build_board, parse_plugin_text
-from lmdm_engine.cli import main
-from lmdm_engine.effect import GenerativeDelay
+import lmdm_engine.io.batch as batch
+from lmdm_engine.io.chains import build_board, parse_plugin_text
+from lmdm_engine.cli.effect import main
+from lmdm_engine.io.effect import GenerativeDelay
 
 from conftest import tone
 
@@ -285,7 +285,7 @@ def test_spectrogram_holds_a_bounded_excerpt(tmp_path, model_args, monkeypatch):
     drawn = []
     monkeypatch.setattr(batch, "SPECTROGRAM_SECONDS", 0.1)
     monkeypatch.setattr(batch, "SPECTROGRAM_COLUMNS", 10)
-    monkeypatch.setattr("lmdm_engine.plots.save_spectrograms", lambda path, panels, rate, hop: drawn.append(
+    monkeypatch.setattr("lmdm_engine.io.plots.save_spectrograms", lambda path, panels, rate, hop: drawn.append(
         (path, [(t, len(a)) for t, a in panels], rate, hop)))
     write_audio(tmp_path / "in" / "long.wav", seconds=0.5, rate=48000)
     write_audio(tmp_path / "in" / "sub" / "short.wav", seconds=0.05, rate=48000)

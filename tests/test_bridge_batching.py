@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from lmdm_bridge.batching import BatchingRuntime
-from lmdm_engine.session import Session
+from lmdm_bridge.hosting.batching import BatchingRuntime
+from lmdm_engine.stream.session import Session
 
 from test_bridge_support import DELAY, RATE, stereo_noise
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lmdm_bridge import BlockFlag, BridgeClient, BridgeEffect
-from lmdm_engine.session import Session
+from lmdm_engine.stream.session import Session
 
 from conftest import tone
 from test_bridge_support import DELAY, running_bridge
@@ -76,8 +76,8 @@ def test_jam_and_a_live_prompt_over_the_bridge_equal_a_local_session():
     """Jamming and text prompts through the bridge, on a tiny text + jamming model: the same audio as a local
     Session given the same parameter change at the same block."""
     from conftest import random_model
-    from lmdm_engine.conditioning import TEXT_ENCODER
-    from lmdm_engine.runtime_torch import TorchRuntime
+    from lmdm_engine.core.conditioning import TEXT_ENCODER
+    from lmdm_engine.runtime.torch import TorchRuntime
 
     runtime = TorchRuntime(random_model(3, text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True), "cpu")
     x = tone(1.2, 48000, seed=5)

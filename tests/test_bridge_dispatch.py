@@ -6,13 +6,13 @@ import time
 import numpy as np
 import pytest
 
-from lmdm_bridge.dispatch import Bridge, BridgeSettings
-from lmdm_bridge.engine import Engine
-from lmdm_bridge.hosted import Peer
-from lmdm_bridge.osc import Message, decode_message, encode_message
-from lmdm_bridge.protocol import (AUDIO, CLOSE, OPEN, PARAM, AudioReply, BlockFlag, ErrorReply, InfoReply,
+from lmdm_bridge.server.dispatch import Bridge, BridgeSettings
+from lmdm_bridge.hosting.workers import Engine
+from lmdm_bridge.hosting.hosted import Peer
+from lmdm_bridge.wire.osc import Message, decode_message, encode_message
+from lmdm_bridge.protocol.requests import (AUDIO, CLOSE, OPEN, PARAM, AudioReply, BlockFlag, ErrorReply, InfoReply,
                                   audio_messages, parse_reply)
-from lmdm_engine.session import Session
+from lmdm_engine.stream.session import Session
 
 from test_bridge_support import DELAY, RATE, FailingRuntime, SlowRuntime, stereo_noise
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmdm_bridge.framing import (SLIP_END, SLIP_ESC, FramingError, LengthPrefixFraming, SlipFraming,
+from lmdm_bridge.wire.framing import (SLIP_END, SLIP_ESC, FramingError, LengthPrefixFraming, SlipFraming,
                                  detect_framing)
 
 FRAMINGS = [LengthPrefixFraming, SlipFraming]

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lmdm_bridge import BridgeClient
-from lmdm_bridge.hosted import Peer
-from lmdm_bridge.osc import Message, encode_message
-from lmdm_bridge.protocol import AUDIO, CLOSE, OPEN, PARAM, PING, PRESET, RESET, STATUS
-from lmdm_engine.session import Session
+from lmdm_bridge.hosting.hosted import Peer
+from lmdm_bridge.wire.osc import Message, encode_message
+from lmdm_bridge.protocol.requests import AUDIO, CLOSE, OPEN, PARAM, PING, PRESET, RESET, STATUS
+from lmdm_engine.stream.session import Session
 
 from test_bridge_support import DELAY, running_bridge
 

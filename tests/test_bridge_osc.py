@@ -10,7 +10,7 @@ from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from lmdm_bridge.osc import Message, OscDecodeError, decode_message, decode_packet, encode_message
+from lmdm_bridge.wire.osc import Message, OscDecodeError, decode_message, decode_packet, encode_message
 
 osc_args = st.lists(st.one_of(
     st.integers(-(2**31), 2**31 - 1),

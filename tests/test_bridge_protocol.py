@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmdm_engine.presets import load_preset
-from lmdm_bridge.osc import Message, OscDecodeError, decode_packet, encode_message
-from lmdm_bridge.protocol import (AUDIO, OPEN, AudioChunk, AudioReply, BlockFlag, ErrorCode, ErrorReply, InfoReply,
+from lmdm_engine.io.presets import load_preset
+from lmdm_bridge.wire.osc import Message, OscDecodeError, decode_packet, encode_message
+from lmdm_bridge.protocol.requests import (AUDIO, OPEN, AudioChunk, AudioReply, BlockFlag, ErrorCode, ErrorReply, InfoReply,
                                   LiveParams, OpenRequest, ParamRequest, PingRequest, ProtocolError, StatusRequest,
                                   audio_messages, audio_packets, error_message, open_reply, params_reply, parse_reply,
                                   parse_request, read_audio_packet, reply_address)
@@ -98,7 +98,7 @@ def test_audio_packets_are_the_encoded_audio_messages(flags, max_packet, reserve
 
 
 def test_prompt_mode_and_guidance_are_live_parameters():
-    from lmdm_bridge.protocol import PARAM
+    from lmdm_bridge.protocol.requests import PARAM
 
     r = parse(PARAM, "a", "prompt", "bright glassy bells", "mode", "jam", "guidance", 2)
     assert r.params == LiveParams({"prompt": "bright glassy bells", "mode": "jam", "guidance": 2.0}, {})

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from lmdm_bridge import BridgeClient, BridgeError
-from lmdm_bridge.framing import LengthPrefixFraming, SlipFraming
-from lmdm_bridge.osc import decode_packet
-from lmdm_bridge.protocol import parse_reply
-from lmdm_engine.session import Session
+from lmdm_bridge.wire.framing import LengthPrefixFraming, SlipFraming
+from lmdm_bridge.wire.osc import decode_packet
+from lmdm_bridge.protocol.requests import parse_reply
+from lmdm_engine.stream.session import Session
 
 from test_bridge_support import DELAY, RATE, hand_built, running_bridge, stereo_noise
 

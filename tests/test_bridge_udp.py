@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from lmdm_bridge import BlockFlag, BridgeClient
-from lmdm_bridge.protocol import AudioReply, ErrorReply
-from lmdm_engine.session import Session
+from lmdm_bridge.protocol.requests import AudioReply, ErrorReply
+from lmdm_engine.stream.session import Session
 
 from test_bridge_support import DELAY, RATE, hand_built, receive_replies, running_bridge, stereo_noise
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from lmdm_engine.captions import TIMBRE_WORDS, _TEMPLATES, caption, clip_captions, stem_info, timbre_prompts
-from lmdm_engine.config import TIMBRES
-from lmdm_engine.corpus import render_clip_parts
+from lmdm_engine.train.captions import TIMBRE_WORDS, _TEMPLATES, caption, clip_captions, stem_info, timbre_prompts
+from lmdm_engine.core.config import TIMBRES
+from lmdm_engine.train.corpus import render_clip_parts
 
 
 def test_captions_name_the_clip_timbre_and_tempo():

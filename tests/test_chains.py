@@ -5,7 +5,7 @@ import pedalboard
 import pytest
 import soundfile as sf
 
-from lmdm_engine.chains import (
+from lmdm_engine.io.chains import (
     NOT_STREAMABLE,
     ChainError,
     EffectChain,

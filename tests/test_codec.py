@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from lmdm_engine.codec import StreamingCodec, decode_clip, encode_clip
-from lmdm_engine.config import ModelConfig, debug_config
-from lmdm_engine.metrics import snr_db
+from lmdm_engine.core.codec import StreamingCodec, decode_clip, encode_clip
+from lmdm_engine.core.config import ModelConfig, debug_config
+from lmdm_engine.core.metrics import snr_db
 
 from conftest import tone
 

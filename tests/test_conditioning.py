@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from lmdm_engine.conditioning import (
+from lmdm_engine.core.conditioning import (
     TEXT_ENCODER, conditioning_vector, embed_prompt, encode_text, read_prompt_store, unconditional,
     write_prompt_store,
 )
-from lmdm_engine.config import ConfigError, debug_config
+from lmdm_engine.core.config import ConfigError, debug_config
 
 TEXT = dict(text_dim=384, text_encoder=TEXT_ENCODER)
 
@@ -58,7 +58,7 @@ def test_prompt_store_round_trip_and_lookup(tmp_path, monkeypatch):
 
 
 def test_shipped_store_holds_every_preset_prompt():
-    from lmdm_engine.presets import list_presets
+    from lmdm_engine.io.presets import list_presets
 
     store = read_prompt_store()
     prompts = {" ".join(p.prompt.split()) for p in list_presets() if getattr(p, "prompt", "")}

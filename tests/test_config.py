@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lmdm_engine.config import ConfigError, ModelConfig, debug_config
+from lmdm_engine.core.config import ConfigError, ModelConfig, debug_config
 
 
 def test_roundtrip(tmp_path):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lmdm_engine.config import STYLE_VOCAB, TIMBRES
-from lmdm_engine.corpus import read_metadata, render_clip, style_vector, write_corpus
+from lmdm_engine.core.config import STYLE_VOCAB, TIMBRES
+from lmdm_engine.train.corpus import read_metadata, render_clip, style_vector, write_corpus
 
 SR = 22050
 
@@ -120,7 +120,7 @@ def test_read_metadata_errors(tmp_path):
 
 
 def test_clip_parts_info_and_stems():
-    from lmdm_engine.corpus import render_clip_parts
+    from lmdm_engine.train.corpus import render_clip_parts
 
     seen_two_part = False
     for seed in range(40):

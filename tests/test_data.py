@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lmdm_engine.config import debug_config
-from lmdm_engine.data import folder_clips, load_clips
+from lmdm_engine.core.config import debug_config
+from lmdm_engine.train.data import folder_clips, load_clips
 
 from conftest import tone
 

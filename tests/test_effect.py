@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from lmdm_engine.chains import ChainError, EffectChain, build_board, parse_plugin_text
-from lmdm_engine.effect import GenerativeDelay
-from lmdm_engine.presets import PresetError
-from lmdm_engine.runtime import DEFAULT_BACKEND
-from lmdm_engine.session import Session
+from lmdm_engine.io.chains import ChainError, EffectChain, build_board, parse_plugin_text
+from lmdm_engine.io.effect import GenerativeDelay
+from lmdm_engine.io.presets import PresetError
+from lmdm_engine.runtime.interface import DEFAULT_BACKEND
+from lmdm_engine.stream.session import Session
 
 from conftest import tone
 

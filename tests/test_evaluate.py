@@ -2,12 +2,12 @@
 
 import numpy as np
 
-from lmdm_engine.data import LatentClips
-from lmdm_engine.evaluate import evaluate, evaluation_table, rollout
-from lmdm_engine.runtime_torch import TorchRuntime
+from lmdm_engine.train.data import LatentClips
+from lmdm_engine.train.evaluate import evaluate, evaluation_table, rollout
+from lmdm_engine.runtime.torch import TorchRuntime
 
 from conftest import random_model, tone
-from lmdm_engine.codec import encode_clip
+from lmdm_engine.core.codec import encode_clip
 
 
 def test_rollout_matches_the_block_causal_forward(debug_runtime):

@@ -8,11 +8,11 @@ import onnx
 import pytest
 
 from conftest import random_model
-from lmdm_engine.config import ConfigError
-from lmdm_engine.model import Denoiser
-from lmdm_engine.presets import list_presets, unplayable_reason
-from lmdm_engine.runtime import default_model_dir
-from lmdm_engine.runtime_onnx import MANIFEST_NAME, OnnxRuntime, read_manifest
+from lmdm_engine.core.config import ConfigError
+from lmdm_engine.core.model import Denoiser
+from lmdm_engine.io.presets import list_presets, unplayable_reason
+from lmdm_engine.runtime.interface import default_model_dir
+from lmdm_engine.runtime.onnx import MANIFEST_NAME, OnnxRuntime, read_manifest
 from lmdm_export.exporter import export_model
 from lmdm_export.verify import check_codec, check_session, check_step, verify_export
 
@@ -133,8 +133,8 @@ def test_model_folder_without_export_says_how_to_make_one(debug_model_dir):
 
 def test_shipped_manifest_carries_each_preset_conditioning_vector():
     """Hosts play prompted and jam presets from the manifest alone: each preset's style_vector is the Session's."""
-    from lmdm_engine.runtime_onnx import OnnxRuntime
-    from lmdm_engine.session import Session
+    from lmdm_engine.runtime.onnx import OnnxRuntime
+    from lmdm_engine.stream.session import Session
 
     manifest = read_manifest(default_model_dir() / "onnx")
     runtime = OnnxRuntime(default_model_dir() / "onnx", provider="cpu")

@@ -5,10 +5,10 @@ import resource
 import numpy as np
 import pytest
 
-from lmdm_engine.conditioning import TEXT_ENCODER
-from lmdm_engine.generate import generate, iter_generate
-from lmdm_engine.runtime_torch import TorchRuntime
-from lmdm_engine.session import PROMPT_CROSSFADE_BLOCKS
+from lmdm_engine.core.conditioning import TEXT_ENCODER
+from lmdm_engine.stream.generate import generate, iter_generate
+from lmdm_engine.runtime.torch import TorchRuntime
+from lmdm_engine.stream.session import PROMPT_CROSSFADE_BLOCKS
 
 from conftest import Recording, random_model, tone
 

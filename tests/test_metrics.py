@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lmdm_engine.metrics import (
+from lmdm_engine.core.metrics import (
     frechet_distance,
     hz_to_mel,
     log_mel,

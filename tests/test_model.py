@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lmdm_engine.config import ConfigError, debug_config
-from lmdm_engine.model import Denoiser, cache_names, sequence_mask
+from lmdm_engine.core.config import ConfigError, debug_config
+from lmdm_engine.core.model import Denoiser, cache_names, sequence_mask
 
 from conftest import random_model
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lmdm_engine.runtime import default_model_dir
+from lmdm_engine.runtime.interface import default_model_dir
 from lmdm_export.host_vector import write_host_vector
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "export" / "node"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lmdm_engine.plots import save_spectrograms
+from lmdm_engine.io.plots import save_spectrograms
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from lmdm_engine.config import STYLE_VOCAB
-from lmdm_engine.presets import (
+from lmdm_engine.core.config import STYLE_VOCAB
+from lmdm_engine.io.presets import (
     DEFAULT_PRESET,
     SCHEMA,
     Preset,
@@ -148,7 +148,7 @@ def test_prompt_guidance_and_mode_defaults_and_new_presets():
 
 
 def test_unplayable_reason_names_the_field():
-    from lmdm_engine.config import debug_config
+    from lmdm_engine.core.config import debug_config
 
     plain, full = debug_config(), debug_config(text_dim=384, text_encoder="all-MiniLM-L6-v2", accompaniment=True)
     jam = load_preset("jam_drums")

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmdm_engine.conditioning import TEXT_ENCODER, TextExtraMissing, conditioning_vector, embed_prompt
-from lmdm_engine.runtime_torch import TorchRuntime
-from lmdm_engine.session import PROMPT_CROSSFADE_BLOCKS, Session
+from lmdm_engine.core.conditioning import TEXT_ENCODER, TextExtraMissing, conditioning_vector, embed_prompt
+from lmdm_engine.runtime.torch import TorchRuntime
+from lmdm_engine.stream.session import PROMPT_CROSSFADE_BLOCKS, Session
 
 from conftest import Recording, random_model, tone
 
@@ -48,7 +48,7 @@ def test_a_prompt_needs_a_text_model(debug_runtime, text_runtime):
 
 
 def test_a_bad_prompt_is_refused_in_set_params_and_the_stream_keeps_its_prompt(text_runtime, monkeypatch):
-    import lmdm_engine.conditioning as conditioning
+    import lmdm_engine.core.conditioning as conditioning
 
     s = make(text_runtime)
     before = s.conditioning.copy()
@@ -135,9 +135,9 @@ sys.modules["sentence_transformers"] = None
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import numpy as np
 from conftest import random_model
-from lmdm_engine.conditioning import TextExtraMissing
-from lmdm_engine.runtime_torch import TorchRuntime
-from lmdm_engine.session import Session
+from lmdm_engine.core.conditioning import TextExtraMissing
+from lmdm_engine.runtime.torch import TorchRuntime
+from lmdm_engine.stream.session import Session
 
 rt = TorchRuntime(random_model(3, text_dim=384, text_encoder="all-MiniLM-L6-v2", accompaniment=True), "cpu")
 for preset in ("prompted_bells", "jam_drums"):
@@ -161,7 +161,7 @@ print("prompt kept:", s.params.prompt)
 def test_onnx_runtime_matches_torch_with_guidance_jam_and_a_prompt_change(tmp_path):
     """Guidance makes two calls a step on one state: the ONNX runtime folds the queued context in the first one
     (the conditional one) and must give the torch runtime's echoes."""
-    from lmdm_engine.runtime_onnx import OnnxRuntime
+    from lmdm_engine.runtime.onnx import OnnxRuntime
     from lmdm_export.exporter import export_model
 
     model = random_model(7, **TEXT, accompaniment=True)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import random_model
-from lmdm_engine.runtime_onnx import OnnxRuntime, open_session
-from lmdm_engine.runtime_torch import TorchRuntime
+from lmdm_engine.runtime.onnx import OnnxRuntime, open_session
+from lmdm_engine.runtime.torch import TorchRuntime
 from lmdm_export.exporter import export_model
 
 
@@ -99,12 +99,12 @@ def test_cuda_request_without_a_gpu_fails_clearly(runtimes):
 
 TORCH_FREE = """
 import sys, numpy as np
-from lmdm_engine.runtime import load_runtime
-from lmdm_engine.session import Session
+from lmdm_engine.runtime.interface import load_runtime
+from lmdm_engine.stream.session import Session
 session = Session(load_runtime(backend="onnx"), 44100, 2, "glass_bells")
 out = session.process(np.random.default_rng(0).standard_normal((2, 44100)).astype(np.float32) * 0.1)
 assert out.shape == (2, 44100) and np.isfinite(out).all() and session.blocks_processed >= 1
-from lmdm_engine.cli import main
+from lmdm_engine.cli.effect import main
 main(["process", sys.argv[1], "-o", sys.argv[2], "--runtime", "onnx", "--quiet"])
 loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 assert not loaded, loaded

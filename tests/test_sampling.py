@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmdm_engine.sampling import SAMPLERS, generate_block, get_sampler, time_schedule
+from lmdm_engine.core.sampling import SAMPLERS, generate_block, get_sampler, time_schedule
 
 
 def test_schedule():
@@ -73,8 +73,8 @@ class _StyleEcho:
 
 
 def test_guidance_contrasts_the_conditional_with_the_unconditional_velocity():
-    from lmdm_engine.conditioning import TEXT_ENCODER, conditioning_vector
-    from lmdm_engine.config import debug_config
+    from lmdm_engine.core.conditioning import TEXT_ENCODER, conditioning_vector
+    from lmdm_engine.core.config import debug_config
 
     cfg = debug_config(text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True)
     style = conditioning_vector(cfg, {"bell": 1.0}, np.full(384, 0.01, np.float32), accompany=True)[None]
@@ -95,8 +95,8 @@ def test_guidance_contrasts_the_conditional_with_the_unconditional_velocity():
 
 def test_guidance_on_a_real_model():
     from conftest import random_model
-    from lmdm_engine.conditioning import TEXT_ENCODER, conditioning_vector, embed_prompt
-    from lmdm_engine.runtime_torch import TorchRuntime
+    from lmdm_engine.core.conditioning import TEXT_ENCODER, conditioning_vector, embed_prompt
+    from lmdm_engine.runtime.torch import TorchRuntime
 
     rt = TorchRuntime(random_model(1, text_dim=384, text_encoder=TEXT_ENCODER), "cpu")
     cfg = rt.config

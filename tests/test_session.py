@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmdm_engine.metrics import snr_db
-from lmdm_engine.session import PROMPT_CROSSFADE_BLOCKS, Session
+from lmdm_engine.core.metrics import snr_db
+from lmdm_engine.stream.session import PROMPT_CROSSFADE_BLOCKS, Session
 
 from conftest import Recording, tone
 
@@ -187,7 +187,7 @@ def test_five_thousand_blocks_with_bounded_state(debug_runtime):
 
 
 def test_session_module_does_not_import_torch():
-    code = "import sys, lmdm_engine.session, lmdm_engine.presets, lmdm_engine.codec; print('torch' in sys.modules)"
+    code = "import sys, lmdm_engine.stream.session, lmdm_engine.io.presets, lmdm_engine.core.codec; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -245,7 +245,7 @@ def test_importing_the_engine_after_numpy_still_limits_blas_to_one_thread():
 @pytest.fixture(scope="module")
 def jam_runtime():
     from conftest import random_model
-    from lmdm_engine.runtime_torch import TorchRuntime
+    from lmdm_engine.runtime.torch import TorchRuntime
 
     return TorchRuntime(random_model(4, accompaniment=True), "cpu")
 
@@ -278,7 +278,7 @@ def test_jam_is_one_in_one_out_and_plays_a_block_ahead(jam_runtime, buffer):
 
 
 def test_jam_context_is_what_was_heard_input_plus_the_part_that_played(jam_runtime):
-    from lmdm_engine.codec import StreamingCodec
+    from lmdm_engine.core.codec import StreamingCodec
 
     cfg = jam_runtime.config
     rt = Recording(jam_runtime)

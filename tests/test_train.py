@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from lmdm_engine.config import debug_config
-from lmdm_engine.corpus import write_corpus
-from lmdm_engine.data import fit_latent_scale, load_clips
-from lmdm_engine.model import Denoiser
-from lmdm_engine.train import TrainOptions, train
+from lmdm_engine.core.config import debug_config
+from lmdm_engine.train.corpus import write_corpus
+from lmdm_engine.train.data import fit_latent_scale, load_clips
+from lmdm_engine.core.model import Denoiser
+from lmdm_engine.train.loop import TrainOptions, train
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,8 @@ def test_unknown_stage(tmp_path, corpus):
 def test_text_and_jam_conditioning_added_to_a_trained_model(tmp_path_factory, tmp_path):
     """A model gains prompts and jamming from --init: it starts out computing what its parent did, then trains on
     captions and on jamming examples (clean stream = a two-part clip's mix, target = one stem, flag set)."""
-    from lmdm_engine.conditioning import TEXT_ENCODER
-    from lmdm_engine.train import Batcher
+    from lmdm_engine.core.conditioning import TEXT_ENCODER
+    from lmdm_engine.train.loop import Batcher
 
     corpus = write_corpus(tmp_path_factory.mktemp("jam_corpus"), 24, seconds=0.5, sample_rate=8000, progress=False)
     base = train(tmp_path / "base", corpus, options("lmdm"), config=debug_config(), progress=False)
@@ -101,7 +101,7 @@ def test_text_and_jam_conditioning_added_to_a_trained_model(tmp_path_factory, tm
 
 
 def test_with_conditioning_keeps_what_the_model_computes():
-    from lmdm_engine.conditioning import TEXT_ENCODER
+    from lmdm_engine.core.conditioning import TEXT_ENCODER
 
     torch.manual_seed(0)
     model = Denoiser(debug_config())

@@ -21,8 +21,8 @@ import numpy as np
 
 from .chains import EffectChain, build_board, reported_latency_samples
 from .presets import DEFAULT_PRESET, Preset, load_preset, preset_from_dict
-from .runtime import Runtime, load_runtime
-from .session import Session
+from lmdm_engine.runtime.interface import Runtime, load_runtime
+from lmdm_engine.stream.session import Session
 
 MAX_CHANNELS = 64  # more than this is taken for a [frames, channels] buffer passed the wrong way round
 

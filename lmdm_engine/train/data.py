@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .codec import CODEC_VERSION, encode_clip
-from .conditioning import conditioning_vectors
-from .config import ModelConfig
+from lmdm_engine.core.codec import CODEC_VERSION, encode_clip
+from lmdm_engine.core.conditioning import conditioning_vectors
+from lmdm_engine.core.config import ModelConfig
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3")
 
@@ -118,7 +118,7 @@ CAPTIONS_PER_CLIP = 8
 def corpus_captions(corpus_dir: Path, rows: list[dict], encoder: str, split: str) -> np.ndarray:
     """Embeddings [N, CAPTIONS_PER_CLIP, E] (float16) of "seen"-phrasing captions of each row's clip, cached."""
     from .captions import CAPTIONS_VERSION, clip_captions
-    from .conditioning import encode_text
+    from lmdm_engine.core.conditioning import encode_text
 
     path = corpus_dir / f"captions-{split}-{encoder}-v{CAPTIONS_VERSION}.npz"
     if path.is_file():
@@ -165,7 +165,7 @@ def corpus_jam_pairs(corpus_dir: Path, rows: list[dict], config: ModelConfig, sp
     styles = np.stack(styles).reshape(len(picked), 2, -1)
     captions = None
     if config.text_dim:
-        from .conditioning import encode_text
+        from lmdm_engine.core.conditioning import encode_text
 
         captions = encode_text(texts, config.text_encoder).reshape(len(picked), 2, CAPTIONS_PER_CLIP, -1)
         captions = captions.astype(np.float16)

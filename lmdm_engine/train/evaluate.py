@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .codec import decode_clip
-from .config import ModelConfig
+from lmdm_engine.core.codec import decode_clip
+from lmdm_engine.core.config import ModelConfig
 from .data import LatentClips
-from .metrics import frechet_distance, log_mel, mel_statistics
-from .runtime import Runtime
-from .sampling import generate_block
+from lmdm_engine.core.metrics import frechet_distance, log_mel, mel_statistics
+from lmdm_engine.runtime.interface import Runtime
+from lmdm_engine.core.sampling import generate_block
 
 
 def rollout(runtime: Runtime, context: np.ndarray, blocks: int, block_frames: int, steps: int, sampler: str,

@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lmdm_engine.metrics import stft_magnitude
+from lmdm_engine.core.metrics import stft_magnitude
 
 
 def save_spectrograms(

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lmdm_engine.presets import SCHEMA
+from lmdm_engine.io.presets import SCHEMA
 
-from .blocks import SAMPLE_DTYPE, audio_to_bytes, chunk_spans, interleave_into
-from .osc import Message, encode_message, encode_string, pad4
+from lmdm_bridge.wire.blocks import SAMPLE_DTYPE, audio_to_bytes, chunk_spans, interleave_into
+from lmdm_bridge.wire.osc import Message, encode_message, encode_string, pad4
 
 PREFIX = "/lmdm"
 OPEN, AUDIO, PARAM, PRESET, RESET, CLOSE, PING, STATUS = (

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .effect import GenerativeDelay
 from .presets import Preset
-from .runtime import DEFAULT_BACKEND, load_runtime
+from lmdm_engine.runtime.interface import DEFAULT_BACKEND, load_runtime
 
 PARTIAL_SUFFIX = ".partial"
 READ_SUFFIXES = tuple(s.lower() for s in pedalboard.io.get_supported_read_formats())

@@ -30,12 +30,12 @@ from typing import Callable
 
 import numpy as np
 
-from lmdm_engine.session import Session
+from lmdm_engine.stream.session import Session
 
-from .blocks import AssembledBlock, BlockAssembler
-from .engine import Engine
-from .osc import Message
-from .protocol import (AUDIO, PARAM, PRESET, RESET, BlockFlag, ErrorCode, LiveParams, OpenRequest, ProtocolError,
+from lmdm_bridge.wire.blocks import AssembledBlock, BlockAssembler
+from .workers import Engine
+from lmdm_bridge.wire.osc import Message
+from lmdm_bridge.protocol.requests import (AUDIO, PARAM, PRESET, RESET, BlockFlag, ErrorCode, LiveParams, OpenRequest, ProtocolError,
                        audio_messages, close_reply, error_message, open_reply, params_reply, reply_address)
 
 log = logging.getLogger("lmdm_bridge")

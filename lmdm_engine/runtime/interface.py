@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .config import ModelConfig
+from lmdm_engine.core.config import ModelConfig
 
 BACKENDS = ("torch", "onnx")
 DEFAULT_BACKEND = "onnx"  # ONNX Runtime: no torch on the effect path, and about twice as fast
@@ -40,7 +40,7 @@ class Runtime(Protocol):
 
 def default_model_dir() -> Path:
     """The model shipped inside the package, trained by ``lmdm train`` (see docs/TRAINING.md)."""
-    return Path(__file__).parent / "models" / "default"
+    return Path(__file__).parents[1] / "models" / "default"
 
 
 def load_runtime(model: str | Path | None = None, backend: str = DEFAULT_BACKEND, device: str | None = None,
@@ -51,11 +51,11 @@ def load_runtime(model: str | Path | None = None, backend: str = DEFAULT_BACKEND
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
     if backend == "torch":
-        from .runtime_torch import TorchRuntime
+        from .torch import TorchRuntime
 
         return TorchRuntime.from_pretrained(folder, device=device)
     if backend == "onnx":
-        from .runtime_onnx import OnnxRuntime
+        from .onnx import OnnxRuntime
 
         return OnnxRuntime(folder, provider=provider)
     raise ValueError(f"unknown runtime backend {backend!r}; choose one of {BACKENDS}")

@@ -17,8 +17,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmdm_engine.chains import ChainError, builtin_plugins, check_plugin_table
-from lmdm_engine.config import STYLE_VOCAB
+from .chains import ChainError, builtin_plugins, check_plugin_table
+from lmdm_engine.core.config import STYLE_VOCAB
 
 PRESET_PACKAGE = "lmdm_presets"
 PRESET_SUFFIX = ".toml"
@@ -239,7 +239,7 @@ def shipped_presets() -> dict[str, Path]:
     try:
         folder = Path(str(importlib.resources.files(PRESET_PACKAGE)))
     except ModuleNotFoundError:
-        folder = Path(__file__).resolve().parent.parent / "presets"
+        folder = Path(__file__).resolve().parents[2] / "presets"
     return {p.stem: p for p in sorted(folder.glob("*" + PRESET_SUFFIX))}
 
 

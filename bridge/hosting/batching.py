@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from lmdm_engine.runtime import Runtime
+from lmdm_engine.runtime.interface import Runtime
 
 
 class _Call:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .runtime import BACKENDS, DEFAULT_BACKEND
+from lmdm_engine.runtime.interface import BACKENDS, DEFAULT_BACKEND
 
 DEFAULT_CORPUS = Path("data/corpus")
 
@@ -56,13 +56,13 @@ def cmd_process(args) -> int:
     import signal
     from contextlib import closing
 
-    from .batch import (BatchSettings, Interrupted, OutputFormat, PlanError, batch_report, discard_stale_partials,
+    from lmdm_engine.io.batch import (BatchSettings, Interrupted, OutputFormat, PlanError, batch_report, discard_stale_partials,
                         plan_jobs, plan_listing, raise_interrupted, run_batch, skipped_result, summary_table,
                         write_report)
-    from .chains import ChainError, parse_plugin_text
-    from .conditioning import TextExtraMissing
-    from .effect import GenerativeDelay
-    from .presets import DEFAULT_PRESET, PresetError, load_preset, preset_from_dict
+    from lmdm_engine.io.chains import ChainError, parse_plugin_text
+    from lmdm_engine.core.conditioning import TextExtraMissing
+    from lmdm_engine.io.effect import GenerativeDelay
+    from lmdm_engine.io.presets import DEFAULT_PRESET, PresetError, load_preset, preset_from_dict
 
     overrides = _parse_set(args.set)
     for field in ("prompt", "guidance", "mode"):
@@ -119,16 +119,16 @@ def cmd_process(args) -> int:
 def _check_conditioning(preset, model: str | None, backend: str) -> None:
     """Raise now (ValueError, TextExtraMissing) when the model cannot play the preset's prompt or mode, rather than
     in every file's worker."""
-    from .conditioning import embed_prompt
-    from .config import ModelConfig
-    from .presets import unplayable_reason
-    from .runtime import default_model_dir
+    from lmdm_engine.core.conditioning import embed_prompt
+    from lmdm_engine.core.config import ModelConfig
+    from lmdm_engine.io.presets import unplayable_reason
+    from lmdm_engine.runtime.interface import default_model_dir
 
     if not preset.prompt and preset.mode != "jam":
         return
     folder = Path(model) if model is not None else default_model_dir()
     if backend == "onnx":
-        from .runtime_onnx import read_manifest
+        from lmdm_engine.runtime.onnx import read_manifest
 
         config = read_manifest(folder, check_files=False)["config"]
     else:
@@ -170,7 +170,7 @@ def _write_stream(path: Path, blocks, source_rate: int, target_rate: int, frames
     import soundfile as sf
     from pedalboard.io import StreamResampler
 
-    from .batch import PARTIAL_SUFFIX
+    from lmdm_engine.io.batch import PARTIAL_SUFFIX
 
     fmt = {".wav": "WAV", ".flac": "FLAC"}[path.suffix.lower()]
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
@@ -196,9 +196,9 @@ def _write_stream(path: Path, blocks, source_rate: int, target_rate: int, frames
 
 def cmd_generate(args) -> int:
     """Exit code 0: written; 1: generation failed; 2: bad request (nothing written)."""
-    from .conditioning import TextExtraMissing
-    from .generate import iter_generate
-    from .runtime import load_runtime
+    from lmdm_engine.core.conditioning import TextExtraMissing
+    from lmdm_engine.stream.generate import iter_generate
+    from lmdm_engine.runtime.interface import load_runtime
 
     output = Path(args.output)
     if output.suffix.lower() not in (".wav", ".flac"):
@@ -235,10 +235,10 @@ def cmd_generate(args) -> int:
 
 # ---- presets ----------------------------------------------------------------------------------------
 def cmd_presets(args) -> int:
-    from .presets import describe_schema, list_presets
+    from lmdm_engine.io.presets import describe_schema, list_presets
 
     if args.action == "embed":
-        from .conditioning import write_prompt_store
+        from lmdm_engine.core.conditioning import write_prompt_store
 
         prompts = sorted({p.prompt for p in list_presets() if p.prompt})
         path = write_prompt_store(prompts)
@@ -262,7 +262,7 @@ def cmd_presets(args) -> int:
 
 # ---- corpus / train / eval --------------------------------------------------------------------------
 def cmd_corpus(args) -> int:
-    from .corpus import write_corpus
+    from lmdm_engine.train.corpus import write_corpus
 
     path = write_corpus(args.output, args.clips, seconds=args.seconds, seed=args.seed, jobs=args.jobs)
     print(f"corpus ready in {path}")
@@ -272,7 +272,7 @@ def cmd_corpus(args) -> int:
 def _ensure_data(args) -> Path:
     if args.data:
         return Path(args.data)
-    from .corpus import write_corpus
+    from lmdm_engine.train.corpus import write_corpus
 
     return write_corpus(DEFAULT_CORPUS, args.corpus_clips, jobs=2)
 
@@ -284,8 +284,8 @@ OPTIONAL_TRAIN_OPTIONS = ("threads", "ema_decay", "rollout_blocks", "max_samplin
 
 
 def cmd_train(args) -> int:
-    from .config import ModelConfig
-    from .train import TrainOptions, train
+    from lmdm_engine.core.config import ModelConfig
+    from lmdm_engine.train.loop import TrainOptions, train
 
     data = _ensure_data(args)
     given = {name: getattr(args, name) for name in OPTIONAL_TRAIN_OPTIONS if getattr(args, name) is not None}
@@ -293,7 +293,7 @@ def cmd_train(args) -> int:
                            seed=args.seed, max_minutes=args.max_minutes, **given)
     conditioning = {}
     if args.text_encoder:
-        from .conditioning import TEXT_ENCODER_DIMS
+        from lmdm_engine.core.conditioning import TEXT_ENCODER_DIMS
 
         conditioning.update(text_encoder=args.text_encoder, text_dim=TEXT_ENCODER_DIMS[args.text_encoder])
     if args.accompaniment:
@@ -310,11 +310,11 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from .data import load_clips
-    from .evaluate import evaluate, evaluation_table, write_result
-    from .model import Denoiser
-    from .runtime import default_model_dir, load_runtime
-    from .runtime_torch import TorchRuntime
+    from lmdm_engine.train.data import load_clips
+    from lmdm_engine.train.evaluate import evaluate, evaluation_table, write_result
+    from lmdm_engine.core.model import Denoiser
+    from lmdm_engine.runtime.interface import default_model_dir, load_runtime
+    from lmdm_engine.runtime.torch import TorchRuntime
 
     model = Path(args.model) if args.model else default_model_dir()
     runtime = load_runtime(model, backend="torch")

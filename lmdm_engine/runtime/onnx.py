@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .config import ConfigError, ModelConfig
+from lmdm_engine.core.config import ConfigError, ModelConfig
 
 log = logging.getLogger("lmdm")
 

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import LatentClips
-from .model import Denoiser
-from .sampling import get_sampler, time_schedule
-from .train import Batcher, TrainOptions, _lr, _prefixed, load_optimizer_tensors, optimizer_tensors, sample_times
+from lmdm_engine.core.model import Denoiser
+from lmdm_engine.core.sampling import get_sampler, time_schedule
+from .loop import Batcher, TrainOptions, _lr, _prefixed, load_optimizer_tensors, optimizer_tensors, sample_times
 
 
 class Discriminator(nn.Module):

@@ -18,8 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from lmdm_engine.runtime import Runtime
-from lmdm_engine.session import Session
+from lmdm_engine.runtime.interface import Runtime
+from lmdm_engine.stream.session import Session
 
 from .batching import BatchingRuntime
 

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from .config import TIMBRES
+from lmdm_engine.core.config import TIMBRES
 
 CAPTIONS_VERSION = 1  # bump when the wording changes, so cached caption embeddings are rebuilt
 PHRASINGS = ("seen", "unseen")

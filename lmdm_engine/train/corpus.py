@@ -18,7 +18,7 @@ import pedalboard as pb
 import soundfile as sf
 from tqdm import tqdm
 
-from lmdm_engine.config import STYLE_VOCAB, TIMBRES
+from lmdm_engine.core.config import STYLE_VOCAB, TIMBRES
 
 CORPUS_VERSION = 2  # bump when the synthesis changes, so existing corpora are re-rendered
 METADATA_NAME = "metadata.jsonl"

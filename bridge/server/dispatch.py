@@ -16,14 +16,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from lmdm_engine.presets import DEFAULT_PRESET
+from lmdm_engine.io.presets import DEFAULT_PRESET
 
-from .blocks import ChunkError
-from .engine import Engine
-from .framing import FramingError
-from .hosted import HostedSession, Peer
-from .osc import OscDecodeError, decode_packet
-from .protocol import (AUDIO, AudioChunk, CloseRequest, ErrorCode, OpenRequest, ParamRequest, PingRequest,
+from lmdm_bridge.wire.blocks import ChunkError
+from lmdm_bridge.hosting.workers import Engine
+from lmdm_bridge.wire.framing import FramingError
+from lmdm_bridge.hosting.hosted import HostedSession, Peer
+from lmdm_bridge.wire.osc import OscDecodeError, decode_packet
+from lmdm_bridge.protocol.requests import (AUDIO, AudioChunk, CloseRequest, ErrorCode, OpenRequest, ParamRequest, PingRequest,
                        PresetRequest, ProtocolError, ResetRequest, StatusRequest, error_message, parse_request,
                        ping_reply, read_audio_packet, status_reply)
 

@@ -21,10 +21,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .codec import StreamingCodec
-from .conditioning import conditioning_vector, embed_prompt
-from .runtime import Runtime
-from .sampling import generate_block, get_sampler, time_schedule
+from lmdm_engine.core.codec import StreamingCodec
+from lmdm_engine.core.conditioning import conditioning_vector, embed_prompt
+from lmdm_engine.runtime.interface import Runtime
+from lmdm_engine.core.sampling import generate_block, get_sampler, time_schedule
 from .session import ConditioningFade
 
 

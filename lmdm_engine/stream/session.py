@@ -29,12 +29,12 @@ import math
 import numpy as np
 from pedalboard.io import StreamResampler
 
-from .codec import StreamingCodec
-from .conditioning import conditioning_vector, embed_prompt
-from .config import ModelConfig
-from .presets import DEFAULT_PRESET, Preset, load_preset, preset_from_dict, unplayable_reason
-from .runtime import Runtime
-from .sampling import generate_block
+from lmdm_engine.core.codec import StreamingCodec
+from lmdm_engine.core.conditioning import conditioning_vector, embed_prompt
+from lmdm_engine.core.config import ModelConfig
+from lmdm_engine.io.presets import DEFAULT_PRESET, Preset, load_preset, preset_from_dict, unplayable_reason
+from lmdm_engine.runtime.interface import Runtime
+from lmdm_engine.core.sampling import generate_block
 
 # Sanitised input is clipped here: keeps a full-scale or runaway host signal from driving the model off its range.
 INPUT_LIMIT = 2.0

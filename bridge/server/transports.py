@@ -19,14 +19,14 @@ import socket
 import threading
 from pathlib import Path
 
-from lmdm_engine.runtime import Runtime
+from lmdm_engine.runtime.interface import Runtime
 
 from .dispatch import Bridge, BridgeSettings
-from .engine import Engine
-from .framing import FramingError, detect_framing
-from .hosted import Peer
-from .osc import Message, encode_message
-from .protocol import AUDIO, audio_packets, reply_address
+from lmdm_bridge.hosting.workers import Engine
+from lmdm_bridge.wire.framing import FramingError, detect_framing
+from lmdm_bridge.hosting.hosted import Peer
+from lmdm_bridge.wire.osc import Message, encode_message
+from lmdm_bridge.protocol.requests import AUDIO, audio_packets, reply_address
 
 log = logging.getLogger("lmdm_bridge")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model import Denoiser
+from lmdm_engine.core.model import Denoiser
 
 
 class TorchRuntime:

@@ -26,10 +26,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .conditioning import conditioning_vectors
-from .config import ModelConfig
+from lmdm_engine.core.conditioning import conditioning_vectors
+from lmdm_engine.core.config import ModelConfig
 from .data import LatentClips, fit_latent_scale, load_clips
-from .model import Denoiser
+from lmdm_engine.core.model import Denoiser
 
 STAGES = ("outpaint", "lmdm", "arc-forcing")
 STAGE_ATTENTION = {"outpaint": "bidirectional", "lmdm": "block_causal", "arc-forcing": "block_causal"}

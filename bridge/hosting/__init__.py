@@ -1,0 +1,1 @@
+"""Sessions hosted for peers: the reply ledger, the per-session pump, worker threads and batching."""

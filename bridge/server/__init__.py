@@ -1,0 +1,1 @@
+"""The server: request dispatch and the TCP and UDP transports."""

@@ -1,0 +1,1 @@
+"""Training beside the stream (core and runtime only): data, corpus, captions, the stages, evaluation."""
