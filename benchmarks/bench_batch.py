@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from _common import machine, print_table, run_measured
 from lmdm_engine.runtime.interface import BACKENDS, DEFAULT_BACKEND
+
+from _common import machine, print_table, run_measured
 
 NOTES_HZ = (220.0, 277.2, 329.6, 440.0, 392.0)
 WRITE_CHUNK_SECONDS = 10.0

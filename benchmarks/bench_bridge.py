@@ -50,16 +50,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from _common import machine, print_table
 from bench_realtime import test_signal
+
 from lmdm_bridge import BlockFlag, BridgeClient
 from lmdm_bridge.client import UDP_PACKET_BYTES
+from lmdm_bridge.protocol.namespace import AUDIO, reply_address
+from lmdm_bridge.protocol.replies import open_reply
+from lmdm_bridge.wire.blocks import audio_packets
 from lmdm_bridge.wire.osc import decode_packet, encode_message
-from lmdm_bridge.protocol.requests import AUDIO, audio_packets, open_reply, reply_address
-from lmdm_engine.io.presets import DEFAULT_PRESET
+from lmdm_engine.io.presets import DEFAULT_PRESET, load_preset
 from lmdm_engine.runtime.interface import default_model_dir, load_runtime
 from lmdm_engine.stream.session import Session
+
+from _common import machine, print_table
 
 RATE, CHANNELS = 48000, 2
 READY = re.compile(r"^lmdm bridge ready: tcp ([\d.]+):(\d+) .*, udp ([\d.]+):(\d+);")
@@ -120,7 +123,7 @@ def roundtrip(args) -> None:
     blocks = blocks_of(test_signal(args.block * (args.blocks + 2), RATE, CHANNELS), frames)[: args.blocks + 2]
     runtime = load_runtime(args.model, **({"backend": args.runtime} if args.runtime else {}))
     server = ServerProcess(args, cpus=server_cpus)
-    paths = {"direct": Session(runtime, RATE, CHANNELS, DEFAULT_PRESET).process}
+    paths = {"direct": Session(runtime, RATE, CHANNELS, load_preset(DEFAULT_PRESET).params).process}
     clients = []
     for transport, address in (("tcp", server.tcp), ("udp", server.udp)):
         client = BridgeClient(*address, transport=transport)

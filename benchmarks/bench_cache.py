@@ -22,11 +22,12 @@ import time
 
 import torch
 
-from _common import machine, print_table
 from lmdm_engine.core.config import ModelConfig
 from lmdm_engine.core.model import Denoiser
 from lmdm_engine.io.presets import DEFAULT_PRESET, load_preset
 from lmdm_engine.runtime.interface import default_model_dir
+
+from _common import machine, print_table
 
 WARMUP = 3
 
@@ -38,7 +39,7 @@ def block_runners(config: ModelConfig, steps: int):
     block = torch.randn(1, length, dim)
     x = torch.randn(1, length, dim)
     t = torch.full((1,), 0.5)
-    style = torch.zeros(1, config.style_dim)
+    style = torch.zeros(1, config.cond_dim)
     cache = model.empty_cache(1)
     for _ in range(config.window_blocks - 1):
         cache = model.append_context(cache, torch.randn(1, length, dim))

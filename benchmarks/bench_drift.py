@@ -33,15 +33,16 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from _common import machine, print_table
 from lmdm_engine.core.codec import decode_clip
 from lmdm_engine.core.conditioning import conditioning_vectors
 from lmdm_engine.core.config import ModelConfig
-from lmdm_engine.train.data import load_clips
-from lmdm_engine.train.evaluate import rollout
 from lmdm_engine.core.metrics import frechet_distance, log_mel, mel_statistics
 from lmdm_engine.core.model import Denoiser
 from lmdm_engine.runtime.torch import TorchRuntime
+from lmdm_engine.train.data import load_clips
+from lmdm_engine.train.evaluate import rollout
+
+from _common import machine, print_table
 
 MEL_HOP = 256  # log_mel's default hop: frame f is centred on sample f * MEL_HOP
 

@@ -21,10 +21,12 @@ import time
 
 import numpy as np
 
-from _common import machine, print_table
-from lmdm_engine.train.corpus import render_clip_parts
+from lmdm_engine.io.presets import resolve_preset
 from lmdm_engine.runtime.interface import BACKENDS, DEFAULT_BACKEND, default_model_dir, load_runtime
 from lmdm_engine.stream.session import Session
+from lmdm_engine.train.corpus import render_clip_parts
+
+from _common import machine, print_table
 from timbre_classifier import DEFAULT_CACHE, DEFAULT_DATA, load_or_train
 
 FIRST_SEED = 31_000_000  # far from the corpus's seeds
@@ -91,7 +93,8 @@ def main() -> None:
         heard, levels, agreement, chance = [], [], [], []
         for k, clip in enumerate(clips):
             steps = {"steps": args.steps} if args.steps else {}
-            session = Session(runtime, sr, 1, args.preset, mix=1.0, guidance=guidance, **steps)
+            preset = resolve_preset(args.preset, dict(mix=1.0, guidance=guidance, **steps))
+            session = Session(runtime, sr, 1, preset.params)
             block = session.block_frames * runtime.config.hop
             part = session.process(clip.audio[None])[0][block:]  # the part, from its first played block on
             heard.append(classifier.predict([part], sr)[0])

@@ -32,13 +32,13 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from _common import machine, print_table
-from lmdm_engine.train.captions import PHRASINGS, timbre_prompts
 from lmdm_engine.core.config import TIMBRES
-from lmdm_engine.stream.generate import generate
 from lmdm_engine.runtime.interface import default_model_dir, load_runtime
-from timbre_classifier import DEFAULT_CACHE, DEFAULT_DATA, load_or_train, report_lines
+from lmdm_engine.stream.generate import generate
+from lmdm_engine.train.captions import PHRASINGS, timbre_prompts
 
+from _common import machine, print_table
+from timbre_classifier import DEFAULT_CACHE, DEFAULT_DATA, load_or_train, report_lines
 
 UNSURE = 0.5  # a generation whose top class probability is below this is counted as "unsure" (noise, smears)
 TAGS = "tags"  # the reference cell: the style tag {timbre: 1} instead of a text prompt

@@ -18,13 +18,15 @@ import time
 import numpy as np
 import torch
 
-from _common import machine, print_table
 from lmdm_engine.core.config import ModelConfig
 from lmdm_engine.core.model import Denoiser
-from lmdm_engine.io.presets import list_presets, unplayable_reason
+from lmdm_engine.io.presets import list_presets, load_preset
 from lmdm_engine.runtime.interface import BACKENDS, DEFAULT_BACKEND, default_model_dir, load_runtime
 from lmdm_engine.runtime.torch import TorchRuntime
+from lmdm_engine.stream.params import unplayable_reason
 from lmdm_engine.stream.session import Session
+
+from _common import machine, print_table
 
 WARMUP_SECONDS = 1.0
 NOTES_HZ = (220.0, 277.2, 329.6, 440.0, 392.0)
@@ -52,7 +54,7 @@ def runtime_for(model: str | None, backend: str = DEFAULT_BACKEND):
 
 
 def run(runtime, preset: str, channels: int, sample_rate: int, seconds: float, buffer: int) -> list[str]:
-    session = Session(runtime, sample_rate, channels, preset)
+    session = Session(runtime, sample_rate, channels, load_preset(preset).params)
     audio = test_signal(WARMUP_SECONDS + seconds, sample_rate, channels)
     warm = int(WARMUP_SECONDS * sample_rate)
     session.process(audio[:, :warm])
@@ -88,7 +90,7 @@ def main() -> None:
     runtime, source = runtime_for(args.model, args.runtime)
     torch.set_num_threads(args.threads)  # after the runtime, which sets its own default
     presets = [args.preset] if args.preset else [p.name for p in list_presets()
-                                                 if unplayable_reason(p, runtime.config) is None]
+                                                 if unplayable_reason(p.params, runtime.config) is None]
     print(f"machine: {machine()}; runtime {runtime.name}, 1 thread" if runtime.name == "onnx"
           else f"machine: {machine()}; runtime torch, {args.threads} torch threads")
     print(f"model: {source}; host {args.sample_rate} Hz, buffer {args.buffer} frames; "

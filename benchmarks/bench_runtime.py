@@ -22,19 +22,21 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
-from _common import machine, print_table, run_measured
 from bench_realtime import test_signal
+
 from lmdm_engine.core.codec import StreamingCodec
 from lmdm_engine.io.presets import DEFAULT_PRESET, load_preset
 from lmdm_engine.runtime.interface import default_model_dir, load_runtime
-from lmdm_engine.core.sampling import generate_block
+from lmdm_engine.runtime.latent_stream import generate_block
+
+from _common import machine, print_table, run_measured
 
 FIRST_BLOCK = """
 import time, numpy as np
+from lmdm_engine.io.presets import load_preset
 from lmdm_engine.runtime.interface import load_runtime
 from lmdm_engine.stream.session import Session
-s = Session(load_runtime(backend="onnx"), 48000, 2, "{preset}")
+s = Session(load_runtime(backend="onnx"), 48000, 2, load_preset("{preset}").params)
 block = int(np.ceil(s.block_frames * s.config.hop * 48000 / s.config.sample_rate)) + 64
 s.process(np.zeros((2, block), np.float32))
 assert s.blocks_processed == 1
@@ -46,7 +48,7 @@ def per_block(runtime, channels: int, blocks: int, preset) -> tuple[np.ndarray, 
     cfg = runtime.config
     frames = int(round(preset.delay_seconds * cfg.sample_rate / cfg.hop))
     audio = test_signal((blocks + 4) * frames * cfg.hop / cfg.sample_rate + 1, cfg.sample_rate, channels)
-    style = np.zeros((channels, cfg.style_dim), np.float32)
+    cond = np.zeros((channels, cfg.cond_dim), np.float32)
     enc, dec = StreamingCodec(cfg, channels), StreamingCodec(cfg, channels)
     state = runtime.new_state(channels)
     model_s, block_s = [], []
@@ -58,7 +60,7 @@ def per_block(runtime, channels: int, blocks: int, preset) -> tuple[np.ndarray, 
         state = runtime.append_context(state, heard)
         rng = np.random.default_rng(b)  # the same noise for every runtime
         draw = lambda x: rng.standard_normal(x.shape, np.float32)
-        echo = generate_block(runtime, state, heard, preset.strength, preset.steps, preset.sampler, style, draw)
+        echo = generate_block(runtime, state, heard, preset.strength, preset.steps, preset.sampler, cond, draw)
         model_end = time.perf_counter()
         dec.decode(np.asarray(echo, np.float32) * runtime.latent_scale)
         end = time.perf_counter()

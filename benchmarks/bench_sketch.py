@@ -38,9 +38,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from _common import machine, print_table
-from lmdm_engine.stream.generate import generate
 from lmdm_engine.runtime.interface import default_model_dir, load_runtime
+from lmdm_engine.stream.generate import generate
+
+from _common import machine, print_table
 
 KINDS = ("hum", "played")
 SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10), "pentatonic": (0, 2, 4, 7, 9)}

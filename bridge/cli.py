@@ -37,9 +37,9 @@ def freeze_startup_heap() -> None:
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
-    from lmdm_engine.io.presets import DEFAULT_PRESET
-
     from lmdm_bridge.server.dispatch import BridgeSettings
+    from lmdm_engine.cli.options import add_runtime_options
+    from lmdm_engine.io.presets import DEFAULT_PRESET
 
     d = BridgeSettings()
     p = subparsers.add_parser(
@@ -51,9 +51,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9000, help="TCP and UDP port (default 9000; 0 picks free ports)")
     p.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset for sessions that name none "
                                                            f"(default {DEFAULT_PRESET})")
-    p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
-    p.add_argument("--runtime", default=None, help="runtime backend, e.g. torch or onnx (default: the engine's)")
-    p.add_argument("--provider", default=None, help="ONNX Runtime execution provider, e.g. cpu or cuda")
+    add_runtime_options(p)
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a non-loopback --host; requires --token (or $%s)" % TOKEN_ENV)
     p.add_argument("--token", default=None, help=f"shared token every open must carry (default ${TOKEN_ENV})")
@@ -80,11 +78,11 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_serve(args) -> int:
-    from lmdm_engine.io.presets import PresetError, load_preset
-    from lmdm_engine.runtime.interface import default_model_dir, load_runtime
-
     from lmdm_bridge.server.dispatch import BridgeSettings
     from lmdm_bridge.server.transports import BridgeServer, is_loopback, serve
+    from lmdm_engine.cli.options import runtime_from_args
+    from lmdm_engine.io.presets import PresetError, resolve_preset
+    from lmdm_engine.runtime.interface import default_model_dir
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     limit_malloc_arenas()  # before any worker thread allocates
@@ -95,7 +93,7 @@ def cmd_serve(args) -> int:
     if args.allow_remote and not token:
         raise SystemExit(f"--allow-remote needs a shared token: --token or ${TOKEN_ENV}")
     try:
-        load_preset(args.preset)
+        resolve_preset(args.preset)
     except PresetError as e:
         raise SystemExit(f"--preset: {e}")
     try:
@@ -107,9 +105,8 @@ def cmd_serve(args) -> int:
         raise SystemExit(str(e))
     if args.workers is not None and args.workers < 1:
         raise SystemExit(f"--workers = {args.workers} must be at least 1")
-    options = {key: value for key, value in (("backend", args.runtime), ("provider", args.provider)) if value}
     try:
-        runtime = load_runtime(args.model, **options)
+        runtime = runtime_from_args(args)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"cannot load the model: {e}")
     server = BridgeServer(runtime, settings, args.host, args.port, batching=not args.no_batching,

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmdm_bridge.wire.blocks import BlockAssembler
+from lmdm_bridge.protocol.namespace import (AUDIO, CLOSE, OPEN, PARAM, PING, PRESET, RESET, STATUS, STYLE_PREFIX,
+                                            BlockFlag, ErrorCode, ProtocolError)
+from lmdm_bridge.protocol.packets import read_audio_packet
+from lmdm_bridge.protocol.replies import AudioReply, ErrorReply, InfoReply, parse_reply
+from lmdm_bridge.wire.blocks import BlockAssembler, audio_packets
 from lmdm_bridge.wire.framing import FRAMINGS, FramingError
 from lmdm_bridge.wire.osc import Message, OscDecodeError, decode_packet, encode_message
-from lmdm_bridge.protocol.requests import (AUDIO, CLOSE, OPEN, PARAM, PING, PRESET, RESET, STATUS, STYLE_PREFIX, AudioReply, BlockFlag,
-                       ErrorCode, ErrorReply, InfoReply, ProtocolError, audio_packets, parse_reply,
-                       read_audio_packet)
+from lmdm_engine.core.audio import channels_first
 
 log = logging.getLogger("lmdm_bridge.client")
 
@@ -57,11 +59,11 @@ class BlockResult:
 
 
 class _ClientSession:
-    def __init__(self, channels: int, block_frames: int, reassembly: float):
+    def __init__(self, channels: int, buffer_frames: int, reassembly: float):
         self.channels = channels
-        self.block_frames = block_frames
+        self.buffer_frames = buffer_frames
         self.next_seq = 0
-        self.assembler = BlockAssembler(channels, block_frames, reassembly, window=1 << 16)
+        self.assembler = BlockAssembler(channels, buffer_frames, reassembly, window=1 << 16)
         self.sent: dict[int, np.ndarray] = {}  # seq -> dry audio, until answered
         self.flags: dict[int, int] = {}  # seq -> the flags of its reply's first chunk
         self.ready: dict[int, BlockResult] = {}
@@ -98,17 +100,17 @@ class BridgeClient:
             self._max_packet = UDP_PACKET_BYTES
 
     # ---- requests -------------------------------------------------------------------------------------
-    def open(self, session: str, sample_rate: int, channels: int, block_frames: int, preset: str | None = None,
+    def open(self, session: str, sample_rate: int, channels: int, buffer_frames: int, preset: str | None = None,
              deadline_ms: float | None = None, **params) -> OpenInfo:
         """Open a session. ``deadline_ms``: None answers a block late once one block's duration has passed,
         0 waits for every block (offline work). ``params``: live parameters (``style={"pad": 1.0}`` too)."""
         options = {} if deadline_ms is None else {"deadline_ms": float(deadline_ms)}
         if self.token is not None:
             options["token"] = self.token
-        args = (session, int(sample_rate), int(channels), int(block_frames), preset or "",
+        args = (session, int(sample_rate), int(channels), int(buffer_frames), preset or "",
                 *_pairs({**options, **_param_pairs(params)}))
         reply = self._request(Message(OPEN, args), OPEN, session)
-        self._sessions[session] = _ClientSession(channels, block_frames, self.reassembly)
+        self._sessions[session] = _ClientSession(channels, buffer_frames, self.reassembly)
         return OpenInfo(session, reply.values["latency_samples"], reply.values)
 
     def set_params(self, session: str, **params) -> dict:
@@ -136,11 +138,11 @@ class BridgeClient:
 
     # ---- audio ----------------------------------------------------------------------------------------
     def send_block(self, session: str, audio: np.ndarray) -> int:
-        """Send one block ([channels, frames] float32, at most the block_frames given at open); returns its seq."""
+        """Send one block ([channels, frames] float32, at most the buffer_frames given at open); returns its seq."""
         s = self._session(session)
         audio = np.asarray(audio, np.float32)
-        if audio.ndim != 2 or audio.shape[0] != s.channels or not 1 <= audio.shape[1] <= s.block_frames:
-            raise ValueError(f"expected a block of shape [{s.channels}, 1..{s.block_frames}], got {audio.shape}")
+        if audio.ndim != 2 or audio.shape[0] != s.channels or not 1 <= audio.shape[1] <= s.buffer_frames:
+            raise ValueError(f"expected a block of shape [{s.channels}, 1..{s.buffer_frames}], got {audio.shape}")
         seq, s.next_seq = s.next_seq, s.next_seq + 1
         s.sent[seq] = audio
         if self.transport == "udp":
@@ -342,7 +344,7 @@ class BridgeEffect:
         self.flags = BlockFlag(0)
         self.latency_samples: int | None = None
         self._format: tuple[int, int] | None = None  # (sample_rate, channels) of the open session
-        self._block_frames = 0
+        self._buffer_frames = 0
         self._fresh = True  # nothing processed since open or reset
 
     def __call__(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
@@ -351,10 +353,7 @@ class BridgeEffect:
     def process(self, chunk: np.ndarray, sample_rate: float, reset: bool = False) -> np.ndarray:
         """Process ``chunk``; ``reset=True`` forgets all earlier audio first."""
         audio = np.asarray(chunk, np.float32)
-        two_d = audio[None, :] if audio.ndim == 1 else audio
-        if two_d.ndim != 2 or two_d.shape[0] not in (1, 2):
-            raise ValueError(f"expected audio of shape [channels, frames] with 1 or 2 channels (or 1-D mono), "
-                             f"got shape {audio.shape}")
+        two_d = channels_first(audio, (1, 2))
         if int(sample_rate) != sample_rate:
             raise ValueError(f"sample_rate must be a whole number of Hz, got {sample_rate}")
         self._prepare(int(sample_rate), two_d.shape[0], reset)
@@ -365,8 +364,8 @@ class BridgeEffect:
         if self._format != (sample_rate, channels):
             if self._format is not None:
                 self.client.close(self.session)
-            self._block_frames = max(1, int(round(self.block_seconds * sample_rate)))
-            info = self.client.open(self.session, sample_rate, channels, self._block_frames, self.preset,
+            self._buffer_frames = max(1, int(round(self.block_seconds * sample_rate)))
+            info = self.client.open(self.session, sample_rate, channels, self._buffer_frames, self.preset,
                                     deadline_ms=0, **self.params)
             self._format, self.latency_samples, self._fresh = (sample_rate, channels), info.latency_samples, True
         elif reset and not self._fresh:
@@ -377,10 +376,10 @@ class BridgeEffect:
 
     def _stream(self, audio: np.ndarray) -> np.ndarray:
         """Blocks out with up to ``window`` in flight; replies joined back in order."""
-        spans = list(range(0, audio.shape[1], self._block_frames))
+        spans = list(range(0, audio.shape[1], self._buffer_frames))
         pieces, in_flight = [], deque()
         for start in spans:
-            in_flight.append(self.client.send_block(self.session, audio[:, start: start + self._block_frames]))
+            in_flight.append(self.client.send_block(self.session, audio[:, start: start + self._buffer_frames]))
             self._fresh = False
             if len(in_flight) >= self.window:
                 pieces.append(self._receive(in_flight.popleft()))

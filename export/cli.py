@@ -1,4 +1,4 @@
-"""The ``lmdm export`` subcommand (registered by lmdm_engine/cli.py)."""
+"""The ``lmdm export`` subcommand (an entry point of the ``lmdm.commands`` group, pyproject.toml)."""
 
 from __future__ import annotations
 

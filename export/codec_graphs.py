@@ -1,4 +1,4 @@
-"""The streaming codec (lmdm_engine/codec.py) as two ONNX graphs with explicit state inputs and outputs.
+"""The streaming codec (lmdm_engine/core/codec.py) as two ONNX graphs with explicit state inputs and outputs.
 
     codec_encode: audio [C, S] (S a multiple of hop), encoder_history [C, hop], encoder_phase [C, bins] (float64)
                   -> latents [C, S / hop, D] (model space: codec latents / latent_scale),

@@ -10,7 +10,7 @@ The manifest (less the file digests) is also stored in every graph's ONNX metada
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -20,21 +20,24 @@ import onnx
 import torch
 from torch import nn
 
+from lmdm_engine.core.conditioning import prompt_conditioning
 from lmdm_engine.core.config import ModelConfig
+from lmdm_engine.core.files import atomic_write
 from lmdm_engine.core.model import Denoiser, cache_names
 from lmdm_engine.io.presets import list_presets
 from lmdm_engine.runtime.onnx import (EXPORT_SUBDIR, MANIFEST_NAME, MANIFEST_SCHEMA, MANIFEST_VERSION, file_digest,
                                       present_name)
+from lmdm_engine.stream.params import unplayable_reason
 
 from .codec_graphs import OPSET, build_decoder, build_encoder
 
-STEP_INPUTS = ("latents", "time", "style", "context")
+STEP_INPUTS = ("latents", "time", "cond", "context")
 
 HOST_LOOP = """\
 # Model rate only: resample the host's audio to sample_rate first. One channel = one batch row.
 # B = channels, L = block_frames (the delay in frames), D = latent_dim. All states start at zeros
 # (context_valid: false); `state` maps each state input to the present.* output that replaces it.
-# style [B, conditioning.style_dim]: a preset's style_vector (it holds the prompt's embedding), per row.
+# cond [B, conditioning.cond_dim]: a preset's cond_vector (it holds the prompt's embedding), per row.
 for each block of L * hop samples `audio` [B, L*hop]:
     heard, enc_state = codec_encode(audio, enc_state)                     # [B, L, D] model-space latents
     context = (1 - feedback) * heard + feedback * echo                    # echo: the previous block's output (zeros at first)
@@ -44,9 +47,9 @@ for each block of L * hop samples `audio` [B, L*hop]:
     for i in 0..steps-1:
         # the first step also slides the finished context into the cache (one fused pass); later steps pass
         # a context of 0 frames and keep the cache
-        v, present = denoiser_step(latents=x, time=[times[i]] * B, style, context=(context if i == 0 else zeros[B, 0, D]), cache)
+        v, present = denoiser_step(latents=x, time=[times[i]] * B, cond, context=(context if i == 0 else zeros[B, 0, D]), cache)
         if i == 0: cache = present
-        guidance g != 1: v_u, _ = denoiser_step(latents=x, time, style=unconditional(style), context=zeros[B, 0, D], cache)
+        guidance g != 1: v_u, _ = denoiser_step(latents=x, time, cond=unconditional(cond), context=zeros[B, 0, D], cache)
                          v = v_u + g * (v - v_u)
         ping-pong: denoised = x - times[i] * v
                    x = denoised if times[i+1] == 0 else (1 - times[i+1]) * denoised + times[i+1] * noise()
@@ -66,8 +69,8 @@ class DenoiserStep(nn.Module):
         self.model = model
         self.state_names = cache_names(model.config)
 
-    def forward(self, latents, time, style, context, *state):
-        velocity, present = self.model.step(dict(zip(self.state_names, state)), context, latents, time, style)
+    def forward(self, latents, time, cond, context, *state):
+        velocity, present = self.model.step(dict(zip(self.state_names, state)), context, latents, time, cond)
         return (velocity, *[present[name] for name in self.state_names])
 
 
@@ -77,10 +80,10 @@ def _io(name: str, shape: list, dtype: str) -> dict:
 
 def step_signature(config: ModelConfig) -> tuple[list[dict], list[dict]]:
     """Inputs and outputs of the step graph: names, shapes (strings are dynamic axes) and dtypes."""
-    d, s = config.latent_dim, config.style_dim
+    d, s = config.latent_dim, config.cond_dim
     cache = ["batch", config.heads, config.context_frames, config.head_dim]
     inputs = [_io("latents", ["batch", "block_frames", d], "float32"), _io("time", ["batch"], "float32"),
-              _io("style", ["batch", s], "float32"), _io("context", ["batch", "context_frames_in", d], "float32")]
+              _io("cond", ["batch", s], "float32"), _io("context", ["batch", "context_frames_in", d], "float32")]
     outputs = [_io("velocity", ["batch", "block_frames", d], "float32")]
     for name in cache_names(config):
         shape, dtype = (["batch", config.context_frames], "bool") if name == "context_valid" else (cache, "float32")
@@ -109,7 +112,7 @@ def export_step(model: Denoiser, path: Path) -> None:
     b, n, length = 2, 3, 5
     with torch.no_grad():
         cache = model.append_context(model.empty_cache(b), torch.randn(b, 2, cfg.latent_dim))
-    example = (torch.randn(b, length, cfg.latent_dim), torch.rand(b), torch.rand(b, cfg.style_dim),
+    example = (torch.randn(b, length, cfg.latent_dim), torch.rand(b), torch.rand(b, cfg.cond_dim),
                torch.randn(b, n, cfg.latent_dim), *[cache[name] for name in cache_names(cfg)])
     dynamic = {io["name"]: {i: dim for i, dim in enumerate(io["shape"]) if isinstance(dim, str)}
                for io in inputs + outputs}
@@ -144,8 +147,8 @@ def build_manifest(config: ModelConfig, latent_scale: np.ndarray, parameters: in
         "head_dim": config.head_dim,
         "style_vocab": list(config.style_vocab),
         "conditioning": {
-            "style_dim": config.style_dim,
-            "layout": {name: list(span) for name, span in config.style_layout.items()},
+            "cond_dim": config.cond_dim,
+            "layout": {name: list(span) for name, span in config.cond_layout.items()},
             "text_encoder": config.text_encoder or None,
             "unconditional": "zeros, except the accompaniment flag, which is kept",
             "guidance": "g != 1: v = v_uncond + g * (v_cond - v_uncond), v_cond first (it folds the context in)",
@@ -162,7 +165,7 @@ def build_manifest(config: ModelConfig, latent_scale: np.ndarray, parameters: in
             "pingpong": "denoised = x - t * v; x = (1 - t_next) * denoised + t_next * noise (x = denoised at t_next = 0)",
             "euler": "x = x + (t_next - t) * v",
         },
-        "presets": {p.name: {**dataclasses.asdict(p), "style_vector": _preset_vector(config, p)}
+        "presets": {p.name: {**p.to_dict(), "cond_vector": _preset_vector(config, p)}
                     for p in list_presets()},
         "host_loop": HOST_LOOP.splitlines(),
         "latent_scale": [float(v) for v in latent_scale],
@@ -173,14 +176,9 @@ def build_manifest(config: ModelConfig, latent_scale: np.ndarray, parameters: in
 def _preset_vector(config: ModelConfig, preset) -> list[float] | None:
     """The preset's conditioning vector for this model (its prompt from the shipped embeddings), or None when
     the model cannot play the preset (a prompt or jam mode it was not trained for)."""
-    from lmdm_engine.core.conditioning import conditioning_vector, embed_prompt
-
-    prompt = getattr(preset, "prompt", "")
-    jam = getattr(preset, "mode", "delay") == "jam"
-    if (prompt and not config.text_dim) or (jam and not config.accompaniment):
+    if unplayable_reason(preset.params, config):
         return None
-    embedding = embed_prompt(prompt, config) if prompt else None
-    return [float(v) for v in conditioning_vector(config, preset.style, embedding, accompany=jam)]
+    return [float(v) for v in prompt_conditioning(config, preset.style, preset.prompt, preset.mode == "jam")]
 
 
 def _stamp(path: Path, graph: str, manifest: dict) -> None:
@@ -217,22 +215,20 @@ def export_model(model: Denoiser, out_dir: str | Path, source: str = "") -> Path
     latent_scale = model.latent_scale.detach().cpu().numpy().astype(np.float32)
     parameters = sum(p.numel() for p in model.parameters())
     manifest = build_manifest(cfg, latent_scale, parameters, source)
-    staged = {}
-    for name, entry in manifest["graphs"].items():
-        tmp = out / (entry["file"] + ".partial")
-        if name == "denoiser_step":
-            export_step(model, tmp)
-        else:
-            build = build_encoder if name == "codec_encode" else build_decoder
-            onnx.save(build(cfg, latent_scale), str(tmp))
-        _stamp(tmp, name, manifest)
-        entry["sha256"] = file_digest(tmp)
-        staged[tmp] = out / entry["file"]
-    for tmp, final in staged.items():
-        tmp.replace(final)
+    # the graphs under their partial names first, renamed together, then the manifest: no half folder
+    with contextlib.ExitStack() as renames:
+        for name, entry in manifest["graphs"].items():
+            partial = renames.enter_context(atomic_write(out / entry["file"]))
+            if name == "denoiser_step":
+                export_step(model, partial)
+            else:
+                build = build_encoder if name == "codec_encode" else build_decoder
+                onnx.save(build(cfg, latent_scale), str(partial))
+            _stamp(partial, name, manifest)
+            entry["sha256"] = file_digest(partial)
     path = out / MANIFEST_NAME
-    path.with_suffix(".json.partial").write_text(json.dumps(manifest, indent=1) + "\n")
-    path.with_suffix(".json.partial").replace(path)
+    with atomic_write(path) as partial:
+        partial.write_text(json.dumps(manifest, indent=1) + "\n")
     return path
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lmdm_engine.train.corpus import render_clip
+from lmdm_engine.core.audio import tone
+from lmdm_engine.io.presets import load_preset
 from lmdm_engine.runtime.onnx import OnnxRuntime
 from lmdm_engine.stream.session import Session
 
@@ -37,11 +38,10 @@ def write_host_vector(export_dir: str | Path, out_dir: str | Path, blocks: int =
                       channels: int = 2) -> Path:
     runtime = OnnxRuntime(export_dir, provider="cpu")
     cfg = runtime.config
-    session = Session(runtime, cfg.sample_rate, channels, preset, mix=1.0)
+    session = Session(runtime, cfg.sample_rate, channels, load_preset(preset).params.replace(mix=1.0))
     frames = session.block_frames
     samples = blocks * frames * cfg.hop
-    audio = np.stack([render_clip(100 + c, cfg.sample_rate, samples / cfg.sample_rate + 0.1)[0][:samples]
-                      for c in range(channels)])
+    audio = tone(samples / cfg.sample_rate + 0.1, cfg.sample_rate, channels, seed=100)[:, :samples]
     session._rng = _RecordingRng(session.params.seed)  # record the noise the session draws, in order
     wet = session.process(audio)
     expected = wet[:, frames * cfg.hop:]  # the first block of the wet path is silence (no echo yet)
@@ -53,7 +53,7 @@ def write_host_vector(export_dir: str | Path, out_dir: str | Path, blocks: int =
     p = session.params
     vector = {
         "channels": channels, "blocks": blocks, "block_frames": frames, "strength": p.strength, "steps": p.steps,
-        "sampler": p.sampler, "feedback": p.feedback, "style": session.conditioning.tolist(),
+        "sampler": p.sampler, "feedback": p.feedback, "cond": session.conditioning.tolist(),
         "noise_draws": len(session._rng.draws), "tolerance": HOST_TOLERANCE,
         "files": {"audio": "audio.f32", "noise": "noise.f32", "expected": "expected.f32"},
         "shapes": {"audio": list(audio.shape), "noise": [len(session._rng.draws), frames, cfg.latent_dim],

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmdm_engine.core.audio import tone
 from lmdm_engine.core.codec import StreamingCodec
-from lmdm_engine.train.corpus import render_clip
 from lmdm_engine.core.model import Denoiser, cache_names
-from lmdm_engine.io.presets import DEFAULT_PRESET, list_presets, load_preset, unplayable_reason
+from lmdm_engine.io.presets import DEFAULT_PRESET, list_presets, load_preset
 from lmdm_engine.runtime.onnx import OnnxRuntime, open_session, present_name
 from lmdm_engine.runtime.torch import TorchRuntime
+from lmdm_engine.stream.params import unplayable_reason
+from lmdm_engine.stream.session import Session
 
 STEP_TOLERANCE = 1e-4
 SESSION_TOLERANCE = 1e-3
@@ -50,9 +52,9 @@ def check_step(model: Denoiser, onnx_rt: OnnxRuntime, seed: int = 0) -> Check:
             context = rng.standard_normal((2, n, cfg.latent_dim)).astype(np.float32)
             x = rng.standard_normal((2, length, cfg.latent_dim)).astype(np.float32)
             t = rng.uniform(0, 1, 2).astype(np.float32)
-            style = rng.uniform(0, 1, (2, cfg.style_dim)).astype(np.float32)
-            v, present = model.step(cache, torch.as_tensor(context), torch.as_tensor(x), torch.as_tensor(t), torch.as_tensor(style))
-            feeds = {"latents": x, "time": t, "style": style, "context": context, **{k: cache[k].numpy() for k in names}}
+            cond = rng.uniform(0, 1, (2, cfg.cond_dim)).astype(np.float32)
+            v, present = model.step(cache, torch.as_tensor(context), torch.as_tensor(x), torch.as_tensor(t), torch.as_tensor(cond))
+            feeds = {"latents": x, "time": t, "cond": cond, "context": context, **{k: cache[k].numpy() for k in names}}
             outputs = onnx_rt.session.run(["velocity"] + [present_name(k) for k in names], feeds)
             expected = [v] + [present[k] for k in names]
             for got, want in zip(outputs, expected):
@@ -65,7 +67,7 @@ def check_codec(onnx_rt: OnnxRuntime, seconds: float = 3.0) -> list[Check]:
     cfg, manifest = onnx_rt.config, onnx_rt.manifest
     encoder = open_session(manifest["folder"] / manifest["graphs"]["codec_encode"]["file"], "cpu")[0]
     decoder = open_session(manifest["folder"] / manifest["graphs"]["codec_decode"]["file"], "cpu")[0]
-    audio = np.stack([render_clip(s, cfg.sample_rate, seconds)[0] for s in (1, 2)])
+    audio = tone(seconds, cfg.sample_rate, seed=1)
     reference, listener = StreamingCodec(cfg, 2), StreamingCodec(cfg, 2)  # listener decodes the ONNX latents
     state = {k: v.copy() for k, v in reference.state.items()}
     encode_err = decode_err = 0.0
@@ -90,10 +92,8 @@ def check_codec(onnx_rt: OnnxRuntime, seconds: float = 3.0) -> list[Check]:
 
 
 def session_output(runtime, audio: np.ndarray, preset: str, **overrides) -> np.ndarray:
-    from lmdm_engine.stream.session import Session
-
-    session = Session(runtime, runtime.config.sample_rate, audio.shape[0], preset, **overrides)
-    return session.process(audio)
+    params = load_preset(preset).params.replace(**overrides)
+    return Session(runtime, runtime.config.sample_rate, audio.shape[0], params).process(audio)
 
 
 def check_session(model: Denoiser, onnx_rt: OnnxRuntime, blocks: int = 20, preset: str = DEFAULT_PRESET) -> Check:
@@ -102,7 +102,7 @@ def check_session(model: Denoiser, onnx_rt: OnnxRuntime, blocks: int = 20, prese
     frames = int(round(load_preset(preset).delay_seconds * cfg.sample_rate / cfg.hop))
     frames = min(max(frames, cfg.min_block_frames), cfg.max_block_frames)
     seconds = (blocks + 1) * frames * cfg.hop / cfg.sample_rate
-    audio = np.stack([render_clip(s, cfg.sample_rate, seconds)[0] for s in (3, 4)])
+    audio = tone(seconds, cfg.sample_rate, seed=3)
     overrides = {"delay_seconds": frames * cfg.hop / cfg.sample_rate, "mix": 1.0}
     want = session_output(TorchRuntime(model, "cpu"), audio, preset, **overrides)
     got = session_output(onnx_rt, audio, preset, **overrides)
@@ -113,7 +113,7 @@ def verify_export(model: Denoiser, export_dir: str | Path, blocks: int = 20) -> 
     """Step and codec graphs, then a session per shipped preset the model can play (see unplayable_reason)."""
     onnx_rt = OnnxRuntime(export_dir, provider="cpu")
     sessions = [check_session(model, onnx_rt, blocks, p.name) for p in list_presets()
-                if unplayable_reason(p, model.config) is None]
+                if unplayable_reason(p.params, model.config) is None]
     return [check_step(model, onnx_rt), *check_codec(onnx_rt), *sessions]
 
 

@@ -13,11 +13,12 @@ import numpy as np
 import soundfile as sf
 
 from lmdm_engine.core.codec import decode_clip
-from lmdm_engine.train.data import load_clips
-from lmdm_engine.train.evaluate import rollout
 from lmdm_engine.io.plots import save_spectrograms
+from lmdm_engine.io.presets import load_preset
 from lmdm_engine.runtime.interface import load_runtime
 from lmdm_engine.stream.session import Session
+from lmdm_engine.train.data import load_clips
+from lmdm_engine.train.evaluate import rollout
 
 PRESETS = ("glass_bells", "dark_pad_wash", "dream_keys", "tape_echo")
 
@@ -25,7 +26,7 @@ PRESETS = ("glass_bells", "dark_pad_wash", "dream_keys", "tape_echo")
 def render_presets(runtime, source: Path, out: Path) -> None:
     audio, sr = sf.read(source, dtype="float32", always_2d=True)
     for name in PRESETS:
-        session = Session(runtime, sr, audio.shape[1], name)
+        session = Session(runtime, sr, audio.shape[1], load_preset(name).params)
         wet = np.concatenate([session.process(audio[i:i + 512].T) for i in range(0, audio.shape[0], 512)], 1)
         sf.write(out / f"riff_{name}.flac", wet.T, sr)
         save_spectrograms(out / f"riff_{name}.png", [("Input", audio.mean(1)), (f"Output ({name})", wet.mean(0))], sr)

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from lmdm_engine.train.arc import ArcForcing, Discriminator, mismatched_styles, self_rollout
 from lmdm_engine.core.config import debug_config
+from lmdm_engine.core.model import Denoiser
+from lmdm_engine.runtime.torch import TorchRuntime
+from lmdm_engine.train.arc import ArcForcing, Discriminator, mismatched_conditioning, self_rollout
 from lmdm_engine.train.corpus import write_corpus
 from lmdm_engine.train.data import load_clips
 from lmdm_engine.train.evaluate import rollout
-from lmdm_engine.core.model import Denoiser
-from lmdm_engine.runtime.torch import TorchRuntime
-from lmdm_engine.train.loop import TrainOptions, train
+from lmdm_engine.train.loop import train
+from lmdm_engine.train.options import TrainOptions
 
 from conftest import random_model
 
@@ -52,14 +53,14 @@ def test_rollout_equals_the_inference_rollout(sampler, monkeypatch):
     cfg = model.config
     rng = np.random.default_rng(0)
     context = rng.standard_normal((2, 2 * cfg.block_frames, cfg.latent_dim)).astype(np.float32)  # model space
-    style = np.eye(2, cfg.style_dim, dtype=np.float32)
+    cond = np.eye(2, cfg.cond_dim, dtype=np.float32)
     scale = model.latent_scale.numpy()
-    expected = rollout(TorchRuntime(model, "cpu"), context * scale, 3, cfg.block_frames, 2, sampler, style, seed=5)
+    expected = rollout(TorchRuntime(model, "cpu"), context * scale, 3, cfg.block_frames, 2, sampler, cond, seed=5)
 
     calls = []
     step = Denoiser.step
     monkeypatch.setattr(Denoiser, "step", lambda self, *a: calls.append(1) or step(self, *a))
-    got = self_rollout(model, torch.from_numpy(context), torch.from_numpy(style), 3, sampler, lambda: 2,
+    got = self_rollout(model, torch.from_numpy(context), torch.from_numpy(cond), 3, sampler, lambda: 2,
                        numpy_noise(5))
     assert got.shape == (2, 3, cfg.block_frames, cfg.latent_dim)
     np.testing.assert_allclose(got.detach().reshape(2, -1, cfg.latent_dim).numpy(), expected / scale,
@@ -74,17 +75,17 @@ def test_gradients_flow_only_through_the_last_step_of_each_block(monkeypatch):
     last_steps = []  # the inputs of the passes with gradient
     step = Denoiser.step
 
-    def spy(self, cache, context, x, t, style):
+    def spy(self, cache, context, x, t, cond):
         passes.append((x.shape[1] > 0, torch.is_grad_enabled(),
                        any(v.requires_grad for v in cache.values())))
         if torch.is_grad_enabled():
-            last_steps.append((cache, x.detach().clone(), t, style))
-        return step(self, cache, context, x, t, style)
+            last_steps.append((cache, x.detach().clone(), t, cond))
+        return step(self, cache, context, x, t, cond)
 
     monkeypatch.setattr(Denoiser, "step", spy)
     steps = iter([3, 1, 2])
     context = torch.randn(1, cfg.block_frames, cfg.latent_dim)
-    blocks = self_rollout(model, context, torch.zeros(1, cfg.style_dim), 3, "pingpong", lambda: next(steps),
+    blocks = self_rollout(model, context, torch.zeros(1, cfg.cond_dim), 3, "pingpong", lambda: next(steps),
                           lambda a: torch.randn(a.shape))
     velocity_passes = [grad for target, grad, _ in passes if target]
     assert velocity_passes == [False, False, True, True, False, True]  # k = 3, 1, 2: only each block's last
@@ -93,8 +94,8 @@ def test_gradients_flow_only_through_the_last_step_of_each_block(monkeypatch):
     assert blocks.requires_grad
     # a block's gradient is that of its last step alone, recomputed from the same input and cache
     params = list(model.parameters())
-    for j, (cache, x, t, style) in enumerate(last_steps):
-        last = x - t[:, None, None] * step(model, cache, x[:, :0], x, t, style)[0]  # ping-pong's last step, to t = 0
+    for j, (cache, x, t, cond) in enumerate(last_steps):
+        last = x - t[:, None, None] * step(model, cache, x[:, :0], x, t, cond)[0]  # ping-pong's last step, to t = 0
         torch.testing.assert_close(blocks[:, j], last)
         got = torch.autograd.grad(blocks[:, j].square().sum(), params, retain_graph=True)
         want = torch.autograd.grad(last.square().sum(), params)
@@ -107,20 +108,20 @@ def test_discriminator_starts_from_the_generators_middle_layer():
     model = random_model(seed=4)
     disc = Discriminator(model, 1)
     context, x = torch.randn(2, 16, model.config.latent_dim), torch.randn(2, 8, model.config.latent_dim)
-    t, style = torch.rand(2), torch.zeros(2, model.config.style_dim)
-    features = model.block_features(context, x, t, style, 1)
-    torch.testing.assert_close(disc.backbone.block_features(context, x, t, style, 1), features)
+    t, cond = torch.rand(2), torch.zeros(2, model.config.cond_dim)
+    features = model.block_features(context, x, t, cond, 1)
+    torch.testing.assert_close(disc.backbone.block_features(context, x, t, cond, 1), features)
     assert features.shape == (2, 8, model.config.width)
-    assert not torch.allclose(model.block_features(context[:, :0], x, t, style, 1), features)  # it sees the context
-    assert disc(context, x, t, style).shape == (2,)
+    assert not torch.allclose(model.block_features(context[:, :0], x, t, cond, 1), features)  # it sees the context
+    assert disc(context, x, t, cond).shape == (2,)
     with pytest.raises(ValueError, match="disc_layer"):
         Discriminator(model, model.config.depth + 1)
 
 
 def test_mismatched_styles_skip_equal_and_missing_styles():
-    style = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
-    other, valid = mismatched_styles(style)
-    torch.testing.assert_close(other, style.roll(1, 0))
+    cond = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    other, valid = mismatched_conditioning(cond)
+    torch.testing.assert_close(other, cond.roll(1, 0))
     assert valid.tolist() == [False, False, True, False]
 
 
@@ -179,6 +180,7 @@ def test_arc_forcing_needs_a_model_to_start_from(tmp_path, corpus):
 
 def test_cli_passes_the_arc_options(tmp_path, monkeypatch):
     from lmdm_engine import cli
+    from lmdm_engine.cli.train import cmd_train
     from lmdm_engine.train import loop as train_module
 
     seen = {}
@@ -187,7 +189,7 @@ def test_cli_passes_the_arc_options(tmp_path, monkeypatch):
         ["train", "--stage", "arc-forcing", "-o", str(tmp_path), "--init", str(tmp_path), "--data", str(tmp_path),
          "--lr", "1e-5", "--disc-lr", "2e-4", "--rollout-blocks", "12", "--max-sampling-steps", "2",
          "--disc-context-blocks", "0", "--contrastive-weight", "0.5"])
-    assert cli.cmd_train(args) == 0
+    assert cmd_train(args) == 0
     o = seen["options"]
     assert (o.stage, o.lr, o.disc_lr, o.rollout_blocks, o.max_sampling_steps, o.disc_context_blocks,
             o.contrastive_weight) == ("arc-forcing", 1e-5, 2e-4, 12, 2, 0, 0.5)

@@ -15,11 +15,11 @@ import soundfile as sf
 from pedalboard.io import AudioFile
 
 import lmdm_engine.io.batch as batch
+from lmdm_engine.cli import main
+from lmdm_engine.core.audio import tone
+from lmdm_engine.core.files import PARTIAL_SUFFIX
 from lmdm_engine.io.chains import build_board, parse_plugin_text
-from lmdm_engine.cli.effect import main
 from lmdm_engine.io.effect import GenerativeDelay
-
-from conftest import tone
 
 FAST = dict(delay_seconds=0.1, steps=2)  # within the debug model's delay range
 PRESET = "tape_echo"
@@ -61,7 +61,7 @@ def sf_bytes(audio: np.ndarray, container: str) -> bytes:
 
 
 def partials(folder: Path) -> list[Path]:
-    return list(folder.rglob("*" + batch.PARTIAL_SUFFIX))
+    return list(folder.rglob("*" + PARTIAL_SUFFIX))
 
 
 def test_every_readable_format_rate_and_channel_count(tmp_path, model_args):

@@ -8,6 +8,7 @@ import pytest
 from lmdm_bridge.hosting.batching import BatchingRuntime
 from lmdm_engine.stream.session import Session
 
+from conftest import preset_params
 from test_bridge_support import DELAY, RATE, stereo_noise
 
 
@@ -21,9 +22,9 @@ class CountingRuntime:
     def __getattr__(self, name):
         return getattr(self.runtime, name)
 
-    def velocity(self, state, x, t, style):
+    def velocity(self, state, x, t, cond):
         self.calls, self.rows = self.calls + 1, self.rows + x.shape[0]
-        return self.runtime.velocity(state, x, t, style)
+        return self.runtime.velocity(state, x, t, cond)
 
 
 def run_in_threads(runtime: BatchingRuntime, sessions, inputs, buffer: int) -> list[np.ndarray]:
@@ -57,9 +58,10 @@ def test_batched_sessions_equal_sessions_run_alone(debug_runtime, mixed, paralle
         params[1], params[2] = dict(steps=5, seed=1), dict(strength=0.9, sampler="euler", seed=2)
     channels = [2, 1, 2, 1]
     inputs = [stereo_noise(24000, seed=i)[:c] for i, c in enumerate(channels)]
-    alone = [Session(debug_runtime, RATE, c, "tape_echo", delay_seconds=DELAY, **p).process(x)
+    alone = [Session(debug_runtime, RATE, c, preset_params("tape_echo", delay_seconds=DELAY, **p)).process(x)
              for c, p, x in zip(channels, params, inputs)]
-    sessions = [Session(batching, RATE, c, "tape_echo", delay_seconds=DELAY, **p) for c, p in zip(channels, params)]
+    sessions = [Session(batching, RATE, c, preset_params("tape_echo", delay_seconds=DELAY, **p))
+                for c, p in zip(channels, params)]
     together = run_in_threads(batching, sessions, inputs, buffer=4800)
     for a, b in zip(alone, together):
         np.testing.assert_allclose(b, a, atol=2e-5)
@@ -72,8 +74,8 @@ def test_batched_sessions_equal_sessions_run_alone(debug_runtime, mixed, paralle
 def test_calls_outside_a_participant_scope_go_straight_through(debug_runtime):
     counting = CountingRuntime(debug_runtime)
     batching = BatchingRuntime(counting)
-    session = Session(batching, RATE, 2, "tape_echo", delay_seconds=DELAY)
-    reference = Session(debug_runtime, RATE, 2, "tape_echo", delay_seconds=DELAY)
+    session = Session(batching, RATE, 2, preset_params("tape_echo", delay_seconds=DELAY))
+    reference = Session(debug_runtime, RATE, 2, preset_params("tape_echo", delay_seconds=DELAY))
     x = stereo_noise(9600)
     np.testing.assert_array_equal(session.process(x), reference.process(x))
     assert batching.calls == batching.requests > counting.calls > 0
@@ -81,13 +83,13 @@ def test_calls_outside_a_participant_scope_go_straight_through(debug_runtime):
 
 def test_a_failing_batch_fails_each_of_its_callers_and_nothing_hangs(debug_runtime):
     class Exploding(CountingRuntime):
-        def velocity(self, state, x, t, style):
+        def velocity(self, state, x, t, cond):
             if x.shape[0] == 3:  # the batch of the stereo and the mono session
                 raise RuntimeError("boom")
-            return super().velocity(state, x, t, style)
+            return super().velocity(state, x, t, cond)
 
     batching = BatchingRuntime(Exploding(debug_runtime), parallel=1)
-    sessions = [Session(batching, RATE, c, "tape_echo", delay_seconds=DELAY) for c in (2, 1)]
+    sessions = [Session(batching, RATE, c, preset_params("tape_echo", delay_seconds=DELAY)) for c in (2, 1)]
     inputs = [stereo_noise(9600)[:c] for c in (2, 1)]
     both_in = threading.Barrier(2)
     errors = []

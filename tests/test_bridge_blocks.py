@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmdm_bridge.wire.blocks import (BlockAssembler, ChunkError, audio_to_bytes, chunk_spans, deinterleave)
+from lmdm_bridge.wire.blocks import BlockAssembler, ChunkError, audio_to_bytes, chunk_spans, deinterleave
 
 
 def block(seq: int, frames: int = 10, channels: int = 2) -> np.ndarray:

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from lmdm_bridge import BlockFlag, BridgeClient, BridgeEffect
+from lmdm_engine.core.audio import tone
 from lmdm_engine.stream.session import Session
 
-from conftest import tone
+from conftest import preset_params
 from test_bridge_support import DELAY, running_bridge
 
 
@@ -17,7 +18,7 @@ def bridge(debug_runtime):
 
 
 def local(runtime, rate, channels, **params):
-    return Session(runtime, rate, channels, "glass_bells", delay_seconds=DELAY, **params)
+    return Session(runtime, rate, channels, preset_params("glass_bells", delay_seconds=DELAY, **params))
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
@@ -75,9 +76,10 @@ def test_client_calls_and_flags(bridge):
 def test_jam_and_a_live_prompt_over_the_bridge_equal_a_local_session():
     """Jamming and text prompts through the bridge, on a tiny text + jamming model: the same audio as a local
     Session given the same parameter change at the same block."""
-    from conftest import random_model
     from lmdm_engine.core.conditioning import TEXT_ENCODER
     from lmdm_engine.runtime.torch import TorchRuntime
+
+    from conftest import random_model
 
     runtime = TorchRuntime(random_model(3, text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True), "cpu")
     x = tone(1.2, 48000, seed=5)
@@ -88,11 +90,11 @@ def test_jam_and_a_live_prompt_over_the_bridge_equal_a_local_session():
             effect.client.set_params(effect.session, prompt="bright glassy bells", mode="delay", strength=0.7)
             second = effect.process(x[:, half:], 48000)
             assert effect.flags == 0
-    session = Session(runtime, 48000, 2, "jam_drums", delay_seconds=DELAY)
+    session = Session(runtime, 48000, 2, preset_params("jam_drums", delay_seconds=DELAY))
     want_first = session.process(x[:, :half])
     session.set_params(prompt="bright glassy bells", mode="delay", strength=0.7)
     np.testing.assert_array_equal(first, want_first)
     np.testing.assert_array_equal(second, session.process(x[:, half:]))
-    unchanged = Session(runtime, 48000, 2, "jam_drums", delay_seconds=DELAY)
+    unchanged = Session(runtime, 48000, 2, preset_params("jam_drums", delay_seconds=DELAY))
     unchanged.process(x[:, :half])
     assert not np.allclose(second, unchanged.process(x[:, half:]))  # the change really reached the engine

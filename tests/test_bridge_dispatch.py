@@ -6,14 +6,16 @@ import time
 import numpy as np
 import pytest
 
+from lmdm_bridge.hosting.peer import Peer
+from lmdm_bridge.hosting.workers import Workers
+from lmdm_bridge.protocol.namespace import AUDIO, CLOSE, OPEN, PARAM, BlockFlag
+from lmdm_bridge.protocol.replies import AudioReply, ErrorReply, InfoReply, parse_reply
 from lmdm_bridge.server.dispatch import Bridge, BridgeSettings
-from lmdm_bridge.hosting.workers import Engine
-from lmdm_bridge.hosting.hosted import Peer
+from lmdm_bridge.wire.blocks import audio_messages
 from lmdm_bridge.wire.osc import Message, decode_message, encode_message
-from lmdm_bridge.protocol.requests import (AUDIO, CLOSE, OPEN, PARAM, AudioReply, BlockFlag, ErrorReply, InfoReply,
-                                  audio_messages, parse_reply)
 from lmdm_engine.stream.session import Session
 
+from conftest import preset_params
 from test_bridge_support import DELAY, RATE, FailingRuntime, SlowRuntime, stereo_noise
 
 BLOCK = 4800  # 0.1 s at 48 kHz
@@ -69,19 +71,19 @@ async def until(predicate, timeout: float = 20.0) -> None:
 def run_bridge(runtime, scenario, batching=False, **settings):
     """Run ``scenario(bridge)`` on a fresh Bridge in an event loop, then shut the bridge down."""
     async def main():
-        engine = Engine(runtime, batching=batching, workers=1)
-        bridge = Bridge(engine, BridgeSettings(**settings), "debug")
+        workers = Workers(runtime, batching=batching, workers=1)
+        bridge = Bridge(workers, BridgeSettings(**settings), "debug")
         bridge.start()
         try:
             return await scenario(bridge)
         finally:
             await bridge.shutdown()
-            engine.shutdown()
+            workers.shutdown()
     return asyncio.run(main())
 
 
 def local_output(runtime, audio: np.ndarray, **params) -> np.ndarray:
-    return Session(runtime, RATE, 2, "tape_echo", delay_seconds=DELAY, **params).process(audio)
+    return Session(runtime, RATE, 2, preset_params("tape_echo", delay_seconds=DELAY, **params)).process(audio)
 
 
 def test_every_block_answered_once_in_order_equal_to_a_local_session(debug_runtime):
@@ -189,7 +191,7 @@ def test_parameter_change_mid_stream_applies_between_blocks(debug_runtime):
     assert kinds == [OPEN, 0, 1, PARAM, 2, 3, CLOSE]  # closed by the bridge's shutdown
     changed = peer.replies[3].values
     assert changed["strength"] == pytest.approx(0.9) and changed["style.pad"] == 1.0 and "style.dark" in changed
-    local = Session(debug_runtime, RATE, 2, "tape_echo", delay_seconds=DELAY)
+    local = Session(debug_runtime, RATE, 2, preset_params("tape_echo", delay_seconds=DELAY))
     expected = [local.process(x[:, :2 * BLOCK])]
     local.set_params(strength=0.9, mix=0.8, style={**local.params.style, "pad": 1.0})
     expected.append(local.process(x[:, 2 * BLOCK:]))

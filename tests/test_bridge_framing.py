@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmdm_bridge.wire.framing import (SLIP_END, SLIP_ESC, FramingError, LengthPrefixFraming, SlipFraming,
-                                 detect_framing)
+from lmdm_bridge.wire.framing import SLIP_END, SLIP_ESC, FramingError, LengthPrefixFraming, SlipFraming, detect_framing
 
 FRAMINGS = [LengthPrefixFraming, SlipFraming]
 # packets full of the bytes SLIP must escape

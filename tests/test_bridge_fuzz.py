@@ -11,11 +11,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lmdm_bridge import BridgeClient
-from lmdm_bridge.hosting.hosted import Peer
+from lmdm_bridge.hosting.peer import Peer
+from lmdm_bridge.protocol.namespace import AUDIO, CLOSE, OPEN, PARAM, PING, PRESET, RESET, STATUS
 from lmdm_bridge.wire.osc import Message, encode_message
-from lmdm_bridge.protocol.requests import AUDIO, CLOSE, OPEN, PARAM, PING, PRESET, RESET, STATUS
 from lmdm_engine.stream.session import Session
 
+from conftest import preset_params
 from test_bridge_support import DELAY, running_bridge
 
 ADDRESSES = [OPEN, AUDIO, PARAM, PRESET, RESET, CLOSE, PING, STATUS, "/lmdm", "/lmdm/open/reply", "/"]
@@ -129,7 +130,7 @@ def test_fuzzed_packets_never_crash_the_bridge_or_touch_another_session(bridge, 
 
     fuzz()
     received += [victim.receive_block("victim", seq).audio for seq in pending]
-    local = Session(debug_runtime, rate, 1, "tape_echo", delay_seconds=DELAY)
+    local = Session(debug_runtime, rate, 1, preset_params("tape_echo", delay_seconds=DELAY))
     np.testing.assert_array_equal(np.concatenate(received, 1), local.process(x[:, : len(received) * block]))
     assert victim.close("victim")["processed"] == len(received)
     assert sum(f.sent for f in fuzzers) > 100  # the fuzz was answered, not ignored

@@ -5,12 +5,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmdm_engine.io.presets import load_preset
+from lmdm_bridge.protocol.namespace import AUDIO, OPEN, BlockFlag, ErrorCode, ProtocolError, reply_address
+from lmdm_bridge.protocol.packets import read_audio_packet
+from lmdm_bridge.protocol.replies import (AudioReply, ErrorReply, InfoReply, error_message, open_reply, params_reply,
+                                          parse_reply)
+from lmdm_bridge.protocol.requests import (AudioChunk, LiveParams, OpenRequest, ParamRequest, PingRequest,
+                                           StatusRequest, parse_request)
+from lmdm_bridge.wire.blocks import audio_messages, audio_packets
 from lmdm_bridge.wire.osc import Message, OscDecodeError, decode_packet, encode_message
-from lmdm_bridge.protocol.requests import (AUDIO, OPEN, AudioChunk, AudioReply, BlockFlag, ErrorCode, ErrorReply, InfoReply,
-                                  LiveParams, OpenRequest, ParamRequest, PingRequest, ProtocolError, StatusRequest,
-                                  audio_messages, audio_packets, error_message, open_reply, params_reply, parse_reply,
-                                  parse_request, read_audio_packet, reply_address)
+from lmdm_engine.io.presets import load_preset
 
 
 def parse(address, *args):
@@ -34,7 +37,7 @@ def test_open_with_options_and_parameters():
     (("a", "fast", 2, 512, ""), ErrorCode.BAD_ARGUMENTS, "sample_rate = 'fast' \\(string\\); expected an int"),
     (("a", 48000, 3, 512, ""), ErrorCode.BAD_ARGUMENTS, "channels = 3; expected 1 or 2"),
     (("a", 96001, 2, 512, ""), ErrorCode.BAD_ARGUMENTS, "sample_rate = 96001; the bridge takes 8000, 11025"),
-    (("a", 48000, 2, 0, ""), ErrorCode.BAD_ARGUMENTS, "block_frames = 0"),
+    (("a", 48000, 2, 0, ""), ErrorCode.BAD_ARGUMENTS, "buffer_frames = 0"),
     (("a", 48000, 2, 512, "", "mix"), ErrorCode.BAD_ARGUMENTS, "key value pairs"),
     (("a", 48000, 2, 512, "", "mix", 0.5, "mix", 0.2), ErrorCode.BAD_ARGUMENTS, "'mix' given twice"),
     (("a", 48000, 2, 512, "", "strenght", 0.5), ErrorCode.BAD_PARAMETER, "'strenght' is not a live parameter"),
@@ -79,7 +82,7 @@ def test_audio_messages_split_to_the_packet_limit_and_read_back():
 def test_replies_read_back():
     opened = parse_reply(open_reply("a", 1234, {"model_sample_rate": 22050}))
     assert opened == InfoReply(OPEN, "a", {"latency_samples": 1234, "model_sample_rate": 22050}, opened.args)
-    params = parse_reply(params_reply("a", load_preset("glass_bells")))
+    params = parse_reply(params_reply("a", "glass_bells", load_preset("glass_bells").params))
     assert params.values["preset"] == "glass_bells" and params.values["steps"] == load_preset("glass_bells").steps
     assert all(isinstance(v, (int, float, str)) for v in params.values.values())
     error = parse_reply(error_message(ProtocolError(ErrorCode.BAD_AUDIO, "bad", "a", 3)))
@@ -98,7 +101,7 @@ def test_audio_packets_are_the_encoded_audio_messages(flags, max_packet, reserve
 
 
 def test_prompt_mode_and_guidance_are_live_parameters():
-    from lmdm_bridge.protocol.requests import PARAM
+    from lmdm_bridge.protocol.namespace import PARAM
 
     r = parse(PARAM, "a", "prompt", "bright glassy bells", "mode", "jam", "guidance", 2)
     assert r.params == LiveParams({"prompt": "bright glassy bells", "mode": "jam", "guidance": 2.0}, {})

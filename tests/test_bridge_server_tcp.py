@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from lmdm_bridge import BridgeClient, BridgeError
+from lmdm_bridge.protocol.replies import parse_reply
 from lmdm_bridge.wire.framing import LengthPrefixFraming, SlipFraming
 from lmdm_bridge.wire.osc import decode_packet
-from lmdm_bridge.protocol.requests import parse_reply
 from lmdm_engine.stream.session import Session
 
+from conftest import preset_params
 from test_bridge_support import DELAY, RATE, hand_built, running_bridge, stereo_noise
 
 BLOCK = 4800
@@ -41,7 +42,8 @@ def test_several_sessions_on_one_connection_equal_local_sessions(bridge, debug_r
                 assert result.flags == 0 and result.seq == i
                 out[name].append(result.audio)
         for name, p in names.items():
-            local = Session(debug_runtime, RATE, p["channels"], "tape_echo", delay_seconds=DELAY, seed=p["seed"])
+            same = preset_params("tape_echo", delay_seconds=DELAY, seed=p["seed"])
+            local = Session(debug_runtime, RATE, p["channels"], same)
             # batched with the other tracks: equal up to float summation order
             np.testing.assert_allclose(np.concatenate(out[name], 1), local.process(x[: p["channels"]]), atol=1e-5)
             assert client.close(name)["processed"] == 6

@@ -11,10 +11,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from lmdm_bridge.protocol.replies import parse_reply
 from lmdm_bridge.server.dispatch import BridgeSettings
-from lmdm_bridge.wire.osc import decode_packet
-from lmdm_bridge.protocol.requests import parse_reply
 from lmdm_bridge.server.transports import BridgeServer, ServerThread
+from lmdm_bridge.wire.osc import decode_packet
 
 DELAY = 0.1  # the debug model takes delays of 0.016 to 0.128 s (its block is 25 frames at 8 kHz)
 RATE = 48000

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from lmdm_bridge import BlockFlag, BridgeClient
-from lmdm_bridge.protocol.requests import AudioReply, ErrorReply
+from lmdm_bridge.protocol.replies import AudioReply, ErrorReply
 from lmdm_engine.stream.session import Session
 
+from conftest import preset_params
 from test_bridge_support import DELAY, RATE, hand_built, receive_replies, running_bridge, stereo_noise
 
 BLOCK = 4800  # 0.1 s stereo at 48 kHz: 38,400 bytes, five datagrams of at most 8 KB
@@ -101,7 +102,7 @@ def test_reordered_and_duplicated_datagrams_change_nothing(bridge, debug_runtime
         results = stream(client, "s", x)
     assert relay.duplicated > 5
     assert [r.seq for r in results] == list(range(8)) and all(r.flags == 0 for r in results)
-    local = Session(debug_runtime, RATE, 2, "tape_echo", delay_seconds=DELAY)
+    local = Session(debug_runtime, RATE, 2, preset_params("tape_echo", delay_seconds=DELAY))
     np.testing.assert_array_equal(np.concatenate([r.audio for r in results], 1), local.process(x))
 
 
@@ -133,7 +134,7 @@ def test_several_sessions_over_udp(bridge, debug_runtime):
             for c, seq in seqs.items():
                 outs[c].append(c.receive_block("track", seq).audio)
     for c, gain in ((a, 1.0), (b, 0.5)):
-        local = Session(debug_runtime, RATE, 2, "tape_echo", delay_seconds=DELAY)
+        local = Session(debug_runtime, RATE, 2, preset_params("tape_echo", delay_seconds=DELAY))
         np.testing.assert_allclose(np.concatenate(outs[c], 1), local.process(x * gain), atol=1e-5)
 
 

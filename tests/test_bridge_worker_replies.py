@@ -7,10 +7,11 @@ from collections import defaultdict
 
 import pytest
 
+from lmdm_bridge.protocol.namespace import AUDIO, CLOSE, OPEN, BlockFlag
+from lmdm_bridge.protocol.replies import AudioReply, InfoReply, parse_reply
 from lmdm_bridge.wire.blocks import audio_to_bytes
 from lmdm_bridge.wire.framing import LengthPrefixFraming
 from lmdm_bridge.wire.osc import decode_packet
-from lmdm_bridge.protocol.requests import AUDIO, CLOSE, OPEN, AudioReply, BlockFlag, InfoReply, parse_reply
 
 from test_bridge_support import DELAY, RATE, SlowRuntime, hand_built, running_bridge, stereo_noise
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lmdm_engine.train.captions import TIMBRE_WORDS, _TEMPLATES, caption, clip_captions, stem_info, timbre_prompts
 from lmdm_engine.core.config import TIMBRES
+from lmdm_engine.train.captions import _TEMPLATES, TIMBRE_WORDS, caption, clip_captions, stem_info, timbre_prompts
 from lmdm_engine.train.corpus import render_clip_parts
 
 

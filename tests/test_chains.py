@@ -5,17 +5,9 @@ import pedalboard
 import pytest
 import soundfile as sf
 
-from lmdm_engine.io.chains import (
-    NOT_STREAMABLE,
-    ChainError,
-    EffectChain,
-    build_board,
-    builtin_plugins,
-    check_plugin_table,
-    parse_plugin_text,
-)
-
-from conftest import tone
+from lmdm_engine.core.audio import tone
+from lmdm_engine.io.chains import (NOT_STREAMABLE, ChainError, EffectChain, build_board, builtin_plugins,
+                                   check_plugin_table, parse_plugin_text)
 
 RATE = 44100
 

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lmdm_engine.cli.effect import build_parser, main
-
-from conftest import tone
+from lmdm_engine.cli import build_parser, main
+from lmdm_engine.core.audio import tone
 
 
 def test_process_a_short_file(tmp_path, debug_model_dir, capsys):
@@ -89,8 +88,9 @@ BELLS, DRUMS = "bright glassy bells", "a tight drum groove"
 
 @pytest.fixture(scope="module")
 def text_model_dir(tmp_path_factory):
-    from conftest import random_model
     from lmdm_engine.core.conditioning import TEXT_ENCODER
+
+    from conftest import random_model
 
     folder = tmp_path_factory.mktemp("text_model")
     random_model(6, text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True).save_pretrained(folder)

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 
+from lmdm_engine.core.audio import tone
 from lmdm_engine.core.codec import StreamingCodec, decode_clip, encode_clip
 from lmdm_engine.core.config import ModelConfig, debug_config
 from lmdm_engine.core.metrics import snr_db
-
-from conftest import tone
 
 
 @pytest.mark.parametrize("config", [ModelConfig(), debug_config()], ids=["default", "debug"])

@@ -3,10 +3,8 @@
 import numpy as np
 import pytest
 
-from lmdm_engine.core.conditioning import (
-    TEXT_ENCODER, conditioning_vector, embed_prompt, encode_text, read_prompt_store, unconditional,
-    write_prompt_store,
-)
+from lmdm_engine.core.conditioning import (TEXT_ENCODER, conditioning_vector, embed_prompt, encode_text,
+                                           read_prompt_store, unconditional, write_prompt_store)
 from lmdm_engine.core.config import ConfigError, debug_config
 
 TEXT = dict(text_dim=384, text_encoder=TEXT_ENCODER)
@@ -15,15 +13,15 @@ TEXT = dict(text_dim=384, text_encoder=TEXT_ENCODER)
 def test_layout_and_vector():
     cfg = debug_config(**TEXT, accompaniment=True)
     tags = len(cfg.style_vocab)
-    assert cfg.style_layout == {"tags": (0, tags), "accompaniment": (tags, tags + 1), "text": (tags + 1, tags + 385)}
-    assert cfg.style_dim == tags + 385
+    assert cfg.cond_layout == {"tags": (0, tags), "accompaniment": (tags, tags + 1), "text": (tags + 1, tags + 385)}
+    assert cfg.cond_dim == tags + 385
     prompt = np.linspace(-1, 1, 384, dtype=np.float32)
     vec = conditioning_vector(cfg, {"bell": 0.5}, prompt, accompany=True)
     assert vec[cfg.style_vocab.index("bell")] == 0.5 and vec[tags] == 1.0
     np.testing.assert_array_equal(vec[tags + 1:], prompt)
     free = unconditional(cfg, vec)
     assert free[tags] == 1.0 and np.count_nonzero(free) == 1  # a jam stays a jam; tags and prompt gone
-    assert debug_config().style_layout == {"tags": (0, tags)} and debug_config().style_dim == tags
+    assert debug_config().cond_layout == {"tags": (0, tags)} and debug_config().cond_dim == tags
 
 
 def test_vector_errors_name_the_fault():

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from lmdm_engine.core.audio import tone
 from lmdm_engine.core.config import debug_config
 from lmdm_engine.train.data import folder_clips, load_clips
-
-from conftest import tone
 
 
 def test_folder_of_audio_files(tmp_path):

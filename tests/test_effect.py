@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 
+from lmdm_engine.core.audio import tone
 from lmdm_engine.io.chains import ChainError, EffectChain, build_board, parse_plugin_text
 from lmdm_engine.io.effect import GenerativeDelay
 from lmdm_engine.io.presets import PresetError
 from lmdm_engine.runtime.interface import DEFAULT_BACKEND
 from lmdm_engine.stream.session import Session
 
-from conftest import tone
+from conftest import preset_params
 
 RATE = 44100
 FAST = dict(delay_seconds=0.1, steps=2)  # within the debug model's delay range
@@ -87,7 +88,7 @@ def test_latency_is_the_sessions(debug_runtime):
     with pytest.raises(RuntimeError, match="known once process"):
         effect.latency_samples
     effect(tone(0.1, RATE), RATE)
-    assert effect.latency_samples == Session(debug_runtime, RATE, 2, "tape_echo", **FAST).latency_samples
+    assert effect.latency_samples == Session(debug_runtime, RATE, 2, preset_params("tape_echo", **FAST)).latency_samples
     assert effect.reported_latency_samples == 0
 
 

@@ -7,14 +7,16 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import random_model
 from lmdm_engine.core.config import ConfigError
 from lmdm_engine.core.model import Denoiser
-from lmdm_engine.io.presets import list_presets, unplayable_reason
+from lmdm_engine.io.presets import list_presets
 from lmdm_engine.runtime.interface import default_model_dir
 from lmdm_engine.runtime.onnx import MANIFEST_NAME, OnnxRuntime, read_manifest
+from lmdm_engine.stream.params import unplayable_reason
 from lmdm_export.exporter import export_model
 from lmdm_export.verify import check_codec, check_session, check_step, verify_export
+
+from conftest import preset_params, random_model
 
 ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.BOOL: "bool"}
 
@@ -52,7 +54,7 @@ def test_manifest_describes_every_graph_input_and_output(debug_export):
     cfg = model.config
     step = manifest["graphs"]["denoiser_step"]
     names = [io["name"] for io in step["inputs"]]
-    assert names[:4] == ["latents", "time", "style", "context"]
+    assert names[:4] == ["latents", "time", "cond", "context"]
     assert f"past_key_values.{cfg.depth - 1}.value" in names and "context_valid" in names
     assert f"present.{cfg.depth - 1}.value" in [io["name"] for io in step["outputs"]]
     # the fixed window: cache shapes have no dynamic axis but the batch
@@ -65,7 +67,7 @@ def test_manifest_describes_every_graph_input_and_output(debug_export):
 def test_onnx_runtime_matches_torch_graph_by_graph_and_per_session(debug_export):
     model, folder = debug_export
     checks = verify_export(model, folder, blocks=20)
-    playable = [p for p in list_presets() if unplayable_reason(p, model.config) is None]
+    playable = [p for p in list_presets() if unplayable_reason(p.params, model.config) is None]
     assert 0 < len(playable) < len(list_presets())  # the debug model has no text and no jamming
     assert len(checks) == 3 + len(playable)  # step, codec encode and decode, a session per playable preset
     for check in checks:
@@ -132,16 +134,16 @@ def test_model_folder_without_export_says_how_to_make_one(debug_model_dir):
 
 
 def test_shipped_manifest_carries_each_preset_conditioning_vector():
-    """Hosts play prompted and jam presets from the manifest alone: each preset's style_vector is the Session's."""
+    """Hosts play prompted and jam presets from the manifest alone: each preset's cond_vector is the Session's."""
     from lmdm_engine.runtime.onnx import OnnxRuntime
     from lmdm_engine.stream.session import Session
 
     manifest = read_manifest(default_model_dir() / "onnx")
     runtime = OnnxRuntime(default_model_dir() / "onnx", provider="cpu")
-    assert manifest["conditioning"]["style_dim"] == runtime.config.style_dim
-    assert manifest["conditioning"]["layout"] == {k: list(v) for k, v in runtime.config.style_layout.items()}
+    assert manifest["conditioning"]["cond_dim"] == runtime.config.cond_dim
+    assert manifest["conditioning"]["layout"] == {k: list(v) for k, v in runtime.config.cond_layout.items()}
     for preset in list_presets():
-        vector = manifest["presets"][preset.name]["style_vector"]
+        vector = manifest["presets"][preset.name]["cond_vector"]
         assert vector is not None, preset.name  # the shipped model plays every shipped preset
-        session = Session(runtime, 48000, 1, preset.name)
+        session = Session(runtime, 48000, 1, preset_params(preset.name))
         np.testing.assert_allclose(vector, session.conditioning[0], atol=1e-6)

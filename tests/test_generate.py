@@ -5,12 +5,12 @@ import resource
 import numpy as np
 import pytest
 
-from lmdm_engine.core.conditioning import TEXT_ENCODER
-from lmdm_engine.stream.generate import generate, iter_generate
+from lmdm_engine.core.audio import tone
+from lmdm_engine.core.conditioning import PROMPT_CROSSFADE_BLOCKS, TEXT_ENCODER
 from lmdm_engine.runtime.torch import TorchRuntime
-from lmdm_engine.stream.session import PROMPT_CROSSFADE_BLOCKS
+from lmdm_engine.stream.generate import generate, iter_generate
 
-from conftest import Recording, random_model, tone
+from conftest import Recording, random_model
 
 BELLS, DRUMS = "bright glassy bells", "a tight drum groove"
 
@@ -57,8 +57,8 @@ def test_prompt_changes_cross_fade_from_the_block_at_their_time(text_runtime):
     rt = Recording(text_runtime)
     out = generate(rt, 1.5, BELLS, steps=1, prompt_changes=[(at, DRUMS)])
     plain = generate(text_runtime, 1.5, BELLS, steps=1)
-    bells, drums = rt.styles[0], generate_vector(text_runtime, DRUMS)
-    for k, used in enumerate(rt.styles):  # one step a block
+    bells, drums = rt.conds[0], generate_vector(text_runtime, DRUMS)
+    for k, used in enumerate(rt.conds):  # one step a block
         w = min(1.0, max(0, k - 2) / PROMPT_CROSSFADE_BLOCKS)
         np.testing.assert_allclose(used, (1 - w) * bells + w * drums, atol=1e-6)
     first = 3 * block - text_runtime.config.codec_latency  # where block 3 starts in the trimmed output
@@ -69,7 +69,7 @@ def test_prompt_changes_cross_fade_from_the_block_at_their_time(text_runtime):
 def generate_vector(runtime, prompt):
     rt = Recording(runtime)
     generate(rt, 0.01, prompt, steps=1)
-    return rt.styles[0]
+    return rt.conds[0]
 
 
 def test_sketch_strength_zero_is_its_reconstruction_time_aligned(text_runtime):

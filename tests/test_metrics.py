@@ -3,16 +3,8 @@
 import numpy as np
 import pytest
 
-from lmdm_engine.core.metrics import (
-    frechet_distance,
-    hz_to_mel,
-    log_mel,
-    mel_filterbank,
-    mel_statistics,
-    mel_to_hz,
-    snr_db,
-    stft_magnitude,
-)
+from lmdm_engine.core.metrics import (frechet_distance, hz_to_mel, log_mel, mel_filterbank, mel_statistics, mel_to_hz,
+                                      snr_db, stft_magnitude)
 
 
 def random_stats(rng, d):

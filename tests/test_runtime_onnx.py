@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import random_model
 from lmdm_engine.runtime.onnx import OnnxRuntime, open_session
 from lmdm_engine.runtime.torch import TorchRuntime
 from lmdm_export.exporter import export_model
+
+from conftest import random_model
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +29,13 @@ def _frames(rt, batch, n, seed):
 
 def test_fused_first_step_equals_separate_context_pass(runtimes):
     torch_rt, onnx_rt, _ = runtimes
-    style = np.zeros((2, onnx_rt.config.style_dim), np.float32)
+    cond = np.zeros((2, onnx_rt.config.cond_dim), np.float32)
     t_state, o_state = torch_rt.new_state(2), onnx_rt.new_state(2)
     for block in range(5):  # more context than the window holds
         context, x = _frames(onnx_rt, 2, 7, block), _frames(onnx_rt, 2, 7, 100 + block)
         t_state, o_state = torch_rt.append_context(t_state, context), onnx_rt.append_context(o_state, context)
         for t in (0.9, 0.5, 0.1):  # the first call folds the queued context, later calls reuse the cache
-            np.testing.assert_allclose(onnx_rt.velocity(o_state, x, t, style), torch_rt.velocity(t_state, x, t, style),
+            np.testing.assert_allclose(onnx_rt.velocity(o_state, x, t, cond), torch_rt.velocity(t_state, x, t, cond),
                                        atol=1e-5)
 
 
@@ -45,19 +46,19 @@ def test_unsampled_blocks_are_folded_not_queued(runtimes):
         context = _frames(onnx_rt, 1, 5, block)
         t_state, o_state = torch_rt.append_context(t_state, context), onnx_rt.append_context(o_state, context)
     assert o_state["pending_context"].shape[1] == 5  # bounded: only the latest block waits
-    x, style = _frames(onnx_rt, 1, 5, 9), np.ones((1, onnx_rt.config.style_dim), np.float32)
-    np.testing.assert_allclose(onnx_rt.velocity(o_state, x, 0.5, style), torch_rt.velocity(t_state, x, 0.5, style), atol=1e-5)
+    x, cond = _frames(onnx_rt, 1, 5, 9), np.ones((1, onnx_rt.config.cond_dim), np.float32)
+    np.testing.assert_allclose(onnx_rt.velocity(o_state, x, 0.5, cond), torch_rt.velocity(t_state, x, 0.5, cond), atol=1e-5)
 
 
 def test_concat_and_split_states_batch_sessions(runtimes):
     _, onnx_rt, _ = runtimes
     a = onnx_rt.append_context(onnx_rt.new_state(1), _frames(onnx_rt, 1, 6, 0))
     b = onnx_rt.append_context(onnx_rt.new_state(2), _frames(onnx_rt, 2, 4, 1))
-    x, style = _frames(onnx_rt, 3, 6, 2), np.zeros((3, onnx_rt.config.style_dim), np.float32)
+    x, cond = _frames(onnx_rt, 3, 6, 2), np.zeros((3, onnx_rt.config.cond_dim), np.float32)
     both = onnx_rt.concat_states([a, b])
-    v = onnx_rt.velocity(both, x, 0.3, style)
-    np.testing.assert_allclose(v[:1], onnx_rt.velocity(a, x[:1], 0.3, style[:1]), atol=1e-5)
-    np.testing.assert_allclose(v[1:], onnx_rt.velocity(b, x[1:], 0.3, style[1:]), atol=1e-5)
+    v = onnx_rt.velocity(both, x, 0.3, cond)
+    np.testing.assert_allclose(v[:1], onnx_rt.velocity(a, x[:1], 0.3, cond[:1]), atol=1e-5)
+    np.testing.assert_allclose(v[1:], onnx_rt.velocity(b, x[1:], 0.3, cond[1:]), atol=1e-5)
     a2, b2 = onnx_rt.split_state(both, [1, 2])
     for name in onnx_rt.state_names:
         np.testing.assert_array_equal(a2[name], a[name])
@@ -68,14 +69,14 @@ def test_io_binding_path_equals_plain_run(runtimes):
     """The CUDA path keeps the cache on the device through IOBinding; the same code runs here with CPU memory."""
     _, onnx_rt, folder = runtimes
     bound = OnnxRuntime(folder, provider="cpu", io_binding=True)
-    style = np.zeros((2, onnx_rt.config.style_dim), np.float32)
+    cond = np.zeros((2, onnx_rt.config.cond_dim), np.float32)
     plain_state, bound_state = onnx_rt.new_state(2), bound.new_state(2)
     for block in range(3):
         context, x = _frames(onnx_rt, 2, 6, block), _frames(onnx_rt, 2, 6, 50 + block)
         plain_state = onnx_rt.append_context(plain_state, context)
         bound_state = bound.append_context(bound_state, context)
         for t in (0.8, 0.2):
-            np.testing.assert_allclose(bound.velocity(bound_state, x, t, style), onnx_rt.velocity(plain_state, x, t, style),
+            np.testing.assert_allclose(bound.velocity(bound_state, x, t, cond), onnx_rt.velocity(plain_state, x, t, cond),
                                        atol=1e-6)
     assert all(type(v).__name__ == "OrtValue" for k, v in bound_state.items() if k != "pending_context")
 
@@ -99,12 +100,13 @@ def test_cuda_request_without_a_gpu_fails_clearly(runtimes):
 
 TORCH_FREE = """
 import sys, numpy as np
+from lmdm_engine.io.presets import load_preset
 from lmdm_engine.runtime.interface import load_runtime
 from lmdm_engine.stream.session import Session
-session = Session(load_runtime(backend="onnx"), 44100, 2, "glass_bells")
+session = Session(load_runtime(backend="onnx"), 44100, 2, load_preset("glass_bells").params)
 out = session.process(np.random.default_rng(0).standard_normal((2, 44100)).astype(np.float32) * 0.1)
 assert out.shape == (2, 44100) and np.isfinite(out).all() and session.blocks_processed >= 1
-from lmdm_engine.cli.effect import main
+from lmdm_engine.cli import main
 main(["process", sys.argv[1], "-o", sys.argv[2], "--runtime", "onnx", "--quiet"])
 loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 assert not loaded, loaded
@@ -127,7 +129,7 @@ def test_session_and_process_on_onnx_import_no_torch(tmp_path):
 def test_batched_states_keep_the_fused_step(runtimes):
     """Queued context travels through concat/split, so a batch's first step still folds it in one pass."""
     torch_rt, onnx_rt, _ = runtimes
-    style = np.zeros((3, onnx_rt.config.style_dim), np.float32)
+    cond = np.zeros((3, onnx_rt.config.cond_dim), np.float32)
     contexts = [_frames(onnx_rt, 1, 6, 0), _frames(onnx_rt, 2, 6, 1)]
     states = [onnx_rt.append_context(onnx_rt.new_state(c.shape[0]), c) for c in contexts]
     both = onnx_rt.concat_states(states)
@@ -137,11 +139,11 @@ def test_batched_states_keep_the_fused_step(runtimes):
     onnx_rt.session.run = lambda *a, **k: runs.append(1) or real_run(*a, **k)
     try:
         x = _frames(onnx_rt, 3, 6, 2)
-        v = onnx_rt.velocity(both, x, 0.5, style)
+        v = onnx_rt.velocity(both, x, 0.5, cond)
     finally:
         onnx_rt.session.run = real_run
     assert len(runs) == 1 and "pending_context" not in both
     reference = torch_rt.concat_states([torch_rt.append_context(torch_rt.new_state(c.shape[0]), c) for c in contexts])
-    np.testing.assert_allclose(v, torch_rt.velocity(reference, x, 0.5, style), atol=1e-5)
+    np.testing.assert_allclose(v, torch_rt.velocity(reference, x, 0.5, cond), atol=1e-5)
     parts = onnx_rt.split_state(onnx_rt.append_context(both, _frames(onnx_rt, 3, 4, 3)), [1, 2])
     assert [p["pending_context"].shape[0] for p in parts] == [1, 2]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmdm_engine.core.sampling import SAMPLERS, generate_block, get_sampler, time_schedule
+from lmdm_engine.core.sampling import SAMPLERS, get_sampler, time_schedule
+from lmdm_engine.runtime.latent_stream import generate_block
 
 
 def test_schedule():
@@ -94,9 +95,10 @@ def test_guidance_contrasts_the_conditional_with_the_unconditional_velocity():
 
 
 def test_guidance_on_a_real_model():
-    from conftest import random_model
     from lmdm_engine.core.conditioning import TEXT_ENCODER, conditioning_vector, embed_prompt
     from lmdm_engine.runtime.torch import TorchRuntime
+
+    from conftest import random_model
 
     rt = TorchRuntime(random_model(1, text_dim=384, text_encoder=TEXT_ENCODER), "cpu")
     cfg = rt.config

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from lmdm_engine.core.audio import tone
+from lmdm_engine.core.conditioning import PROMPT_CROSSFADE_BLOCKS
 from lmdm_engine.core.metrics import snr_db
-from lmdm_engine.stream.session import PROMPT_CROSSFADE_BLOCKS, Session
+from lmdm_engine.stream.session import Session
 
-from conftest import Recording, tone
+from conftest import Recording, preset_params
 
 SR = 48000
 
@@ -22,7 +24,7 @@ def run(session, audio, buffer):
 
 def make(runtime, sample_rate=SR, channels=2, **params):
     base = dict(delay_seconds=0.1, strength=0.6, feedback=0.3, mix=0.7, steps=2)
-    return Session(runtime, sample_rate, channels, "tape_echo", **{**base, **params})
+    return Session(runtime, sample_rate, channels, preset_params("tape_echo", **{**base, **params}))
 
 
 @pytest.mark.parametrize("buffer", [1, 64, 65, 512, 8193])
@@ -124,8 +126,8 @@ def test_style_change_mid_stream_does_not_corrupt_the_cache(debug_runtime):
                 np.testing.assert_array_equal(a._echo, b._echo)
             else:
                 assert not np.array_equal(a._echo, b._echo)  # mid-fade
-            for name, tensor in a._cache.items():
-                assert torch.equal(tensor, b._cache[name]), name
+            for name, tensor in a._stream.state.items():
+                assert torch.equal(tensor, b._stream.state[name]), name
     assert a.blocks_processed > blocks_before + PROMPT_CROSSFADE_BLOCKS
 
 
@@ -168,13 +170,13 @@ def test_reset_reproduces_the_output(debug_runtime):
 
 def test_five_thousand_blocks_with_bounded_state(debug_runtime):
     cfg = debug_runtime.config
-    s = Session(debug_runtime, cfg.sample_rate, 1, "tape_echo", delay_seconds=0.1, strength=0.5, steps=1)
+    s = Session(debug_runtime, cfg.sample_rate, 1, preset_params("tape_echo", delay_seconds=0.1, strength=0.5, steps=1))
     block = s.block_frames * cfg.hop
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal((1, block * 50))).astype(np.float32)
 
     def state_sizes():
-        return ({k: v.shape for k, v in s._cache.items()}, s._context.shape, s._in_fifo.shape,
+        return ({k: v.shape for k, v in s._stream.state.items()}, s._context.shape, s._in_fifo.shape,
                 sum(a.shape[1] for a in s._wet_fifo))
 
     for _ in range(10):
@@ -244,8 +246,9 @@ def test_importing_the_engine_after_numpy_still_limits_blas_to_one_thread():
 # ---- jam mode --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def jam_runtime():
-    from conftest import random_model
     from lmdm_engine.runtime.torch import TorchRuntime
+
+    from conftest import random_model
 
     return TorchRuntime(random_model(4, accompaniment=True), "cpu")
 
@@ -253,7 +256,7 @@ def jam_runtime():
 def make_jam(runtime, channels=1, **params):
     rate = runtime.config.sample_rate
     base = dict(delay_seconds=0.1, mix=1.0, steps=2, mode="jam", style={"drums": 1.0})
-    return Session(runtime, rate, channels, "tape_echo", **{**base, **params})
+    return Session(runtime, rate, channels, preset_params("tape_echo", **{**base, **params}))
 
 
 def test_jam_needs_a_jamming_model(debug_runtime):

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from lmdm_engine.core.config import debug_config
+from lmdm_engine.core.model import Denoiser
 from lmdm_engine.train.corpus import write_corpus
 from lmdm_engine.train.data import fit_latent_scale, load_clips
-from lmdm_engine.core.model import Denoiser
-from lmdm_engine.train.loop import TrainOptions, train
+from lmdm_engine.train.loop import train
+from lmdm_engine.train.options import TrainOptions
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_text_and_jam_conditioning_added_to_a_trained_model(tmp_path_factory, tm
     """A model gains prompts and jamming from --init: it starts out computing what its parent did, then trains on
     captions and on jamming examples (clean stream = a two-part clip's mix, target = one stem, flag set)."""
     from lmdm_engine.core.conditioning import TEXT_ENCODER
-    from lmdm_engine.train.loop import Batcher
+    from lmdm_engine.train.batches import Batcher
 
     corpus = write_corpus(tmp_path_factory.mktemp("jam_corpus"), 24, seconds=0.5, sample_rate=8000, progress=False)
     base = train(tmp_path / "base", corpus, options("lmdm"), config=debug_config(), progress=False)
@@ -86,18 +87,18 @@ def test_text_and_jam_conditioning_added_to_a_trained_model(tmp_path_factory, tm
     run = train(tmp_path / "text", corpus, options("lmdm", jam_fraction=0.5, steps=3), init=base, progress=False,
                 conditioning=cond)
     model = Denoiser.from_pretrained(run)
-    assert model.config.style_layout.keys() == {"tags", "accompaniment", "text"}
+    assert model.config.cond_layout.keys() == {"tags", "accompaniment", "text"}
     tags = len(model.config.style_vocab)
-    assert model.style_proj.weight[:, tags:].abs().sum() > 0  # the new columns trained away from zero
+    assert model.cond_proj.weight[:, tags:].abs().sum() > 0  # the new columns trained away from zero
 
     clips = load_clips(corpus, model.config, "train")
     assert clips.captions.shape[1:] == (8, 384) and len(clips.jam) > 0
     batcher = Batcher(clips, model.config, options("lmdm", jam_fraction=1.0, style_dropout=0.0, text_dropout=0.0,
                                                    batch_size=6), model.latent_scale.numpy())
     batch = batcher.next()
-    assert np.all(batch["style"][:, tags] == 1.0)  # every row a jam, flagged
+    assert np.all(batch["cond"][:, tags] == 1.0)  # every row a jam, flagged
     assert not np.allclose(batch["target"], batch["clean"])  # the target is a stem, not the mix
-    assert np.all(np.abs(batch["style"][:, tags + 1:]).sum(1) > 0)  # each row carries a caption
+    assert np.all(np.abs(batch["cond"][:, tags + 1:]).sum(1) > 0)  # each row carries a caption
 
 
 def test_with_conditioning_keeps_what_the_model_computes():
@@ -111,9 +112,9 @@ def test_with_conditioning_keeps_what_the_model_computes():
     wide = model.with_conditioning(text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True)
     cfg = model.config
     context, x, t = torch.randn(2, 32, cfg.latent_dim), torch.randn(2, 16, cfg.latent_dim), torch.rand(2)
-    style = torch.rand(2, cfg.style_dim)
+    style = torch.rand(2, cfg.cond_dim)
     wide_style = torch.cat([style, torch.zeros(2, 385)], 1)
     torch.testing.assert_close(wide.velocity_outpaint(context, x, t, wide_style),
                                model.velocity_outpaint(context, x, t, style), atol=1e-5, rtol=1e-5)
     back = wide.with_conditioning(text_dim=0, text_encoder="", accompaniment=False)  # and back again
-    torch.testing.assert_close(back.style_proj.weight, model.style_proj.weight)
+    torch.testing.assert_close(back.cond_proj.weight, model.cond_proj.weight)

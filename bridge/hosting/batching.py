@@ -25,10 +25,10 @@ from lmdm_engine.runtime.interface import Runtime
 
 
 class _Call:
-    __slots__ = ("kind", "key", "state", "x", "style", "result", "error", "done")
+    __slots__ = ("kind", "key", "state", "x", "cond", "result", "error", "done")
 
-    def __init__(self, kind: str, key: tuple, state: dict, x: np.ndarray, style: np.ndarray | None):
-        self.kind, self.key, self.state, self.x, self.style = kind, key, state, x, style
+    def __init__(self, kind: str, key: tuple, state: dict, x: np.ndarray, cond: np.ndarray | None):
+        self.kind, self.key, self.state, self.x, self.cond = kind, key, state, x, cond
         self.result = self.error = None
         self.done = False
 
@@ -67,8 +67,8 @@ class BatchingRuntime:
     def append_context(self, state: dict, frames: np.ndarray) -> dict:
         return self._call(_Call("append_context", ("append_context", frames.shape[1:]), state, frames, None))
 
-    def velocity(self, state: dict, x: np.ndarray, t: float, style: np.ndarray) -> np.ndarray:
-        return self._call(_Call("velocity", ("velocity", x.shape[1:], float(t)), state, x, style))
+    def velocity(self, state: dict, x: np.ndarray, t: float, cond: np.ndarray) -> np.ndarray:
+        return self._call(_Call("velocity", ("velocity", x.shape[1:], float(t)), state, x, cond))
 
     # ---- rendezvous -----------------------------------------------------------------------------------
     @contextmanager
@@ -166,14 +166,14 @@ class BatchingRuntime:
         try:
             if len(group) == 1:
                 call = group[0]
-                state, x, style = call.state, call.x, call.style
+                state, x, cond = call.state, call.x, call.cond
             else:
                 state = self._stack([call.state for call in group])
                 x = np.concatenate([call.x for call in group], 0)
-                style = None if group[0].style is None else np.concatenate([call.style for call in group], 0)
+                cond = None if group[0].cond is None else np.concatenate([call.cond for call in group], 0)
             if group[0].kind == "velocity":
                 entries = set(state)
-                result = self.runtime.velocity(state, x, group[0].key[2], style)
+                result = self.runtime.velocity(state, x, group[0].key[2], cond)
                 parts = np.split(result, np.cumsum(sizes)[:-1], 0)
                 if len(group) > 1 and set(state) != entries:
                     # the runtime folded queued context into the batch's cache in place (ONNX: the fused first

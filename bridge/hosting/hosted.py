@@ -1,13 +1,11 @@
-"""One host's stream served by one engine Session: ordering, deadlines and exactly one reply per block.
+"""One host's stream served by one engine Session: the queue pump, the deadlines, and the session it builds.
 
 Chunks go through a ``BlockAssembler``; whole blocks and control requests (param, preset, reset, close) go into one
-queue that a pump task works through in order, running the Session in the engine's threads. A processed block's
-reply is sent by the worker thread that ran it, as soon as it is ready (transports whose peers take sends from any
-thread; the event loop only settles the counts afterwards); every other reply is sent from the event loop. A lock
-per session decides which one answers a block whose deadline races its processing. Replies leave in sequence order,
-each block answered exactly once:
+queue that a pump task works through in order, running the Session in the workers' threads. Every block taken is
+registered with the session's ``ReplyLedger``, which answers each exactly once and in sequence order (ledger.py):
 
-- processed, when the engine finishes it before its deadline;
+- processed, when the engine finishes it before its deadline (the reply leaves from the worker thread that ran it,
+  on transports whose peers take sends from any thread; the event loop only settles timers afterwards);
 - dry with ``LATE``, when its deadline passes first (a block already running still updates the session, and its
   output is dropped), or when more than ``max_queued_blocks`` wait. Blocks answered before they started are
   skipped, and the session restarts (``RESTARTED``) before the next block it processes, so its echo keeps the
@@ -15,6 +13,8 @@ each block answered exactly once:
 - dry with ``BAD_INPUT`` when it held NaN or Inf (the session still hears it, as silence, to stay in time);
 - with ``CONCEALED`` when frames never arrived (they were silence). A block of which nothing arrived gets no reply
   (there is no length to answer with) and restarts the session like a skipped one.
+
+The bridge resolves preset names (``resolve_preset``); the Session only ever gets ``SessionParams``.
 """
 
 from __future__ import annotations
@@ -22,89 +22,54 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
-from collections import Counter, deque
-from dataclasses import dataclass
-from pathlib import Path
+from collections import Counter
 from typing import Callable
 
 import numpy as np
 
+from lmdm_bridge.protocol.namespace import PARAM, PRESET, RESET, BlockFlag, ErrorCode, ProtocolError
+from lmdm_bridge.protocol.replies import close_reply, error_message, open_reply, params_reply
+from lmdm_bridge.protocol.requests import LiveParams, OpenRequest
+from lmdm_bridge.wire.blocks import AssembledBlock, BlockAssembler
+from lmdm_bridge.wire.osc import Message
+from lmdm_engine.io.presets import Preset
 from lmdm_engine.stream.session import Session
 
-from lmdm_bridge.wire.blocks import AssembledBlock, BlockAssembler
-from .workers import Engine
-from lmdm_bridge.wire.osc import Message
-from lmdm_bridge.protocol.requests import (AUDIO, PARAM, PRESET, RESET, BlockFlag, ErrorCode, LiveParams, OpenRequest, ProtocolError,
-                       audio_messages, close_reply, error_message, open_reply, params_reply, reply_address)
+from .ledger import PendingBlock, ReplyLedger
+from .peer import Peer
+from .workers import Workers
 
 log = logging.getLogger("lmdm_bridge")
 
-
-class Peer:
-    """Where a session's replies go (implemented by the transports)."""
-
-    key: tuple  # identity that owns sessions: one TCP connection, or one UDP source address
-    max_packet: int | None  # largest message the peer takes from us; None: any size (a block is one message)
-    threadsafe_sends = False  # whether send_audio may be called from any thread (else only from the event loop)
-
-    def send(self, message: Message) -> None: ...
-
-    def send_audio(self, session: str, seq: int, audio: np.ndarray, flags: int) -> None:
-        """One block's ``/lmdm/audio/reply`` (split into chunks when ``max_packet`` is set). Transports override
-        this to write the encoded packets without building messages first."""
-        for message in audio_messages(reply_address(AUDIO), session, seq, audio, flags, self.max_packet):
-            self.send(message)
-
-    def set_congested(self, session: str, congested: bool) -> None:
-        """A session of this peer has (or no longer has) many blocks waiting: a stream transport stops reading."""
-
-    def with_reply_port(self, port: int) -> "Peer":
-        """The same peer, answered on another port of its address (UDP hosts that listen on a fixed port)."""
-        return self
-
-
-@dataclass
-class _Block:
-    seq: int
-    audio: np.ndarray
-    flags: BlockFlag
-    deadline: float | None  # loop time by which it must be answered
-    answered: bool = False
-    processed: bool = False  # answered processed, from the worker thread
-    timer: asyncio.TimerHandle | None = None
-
-
 _LOST = object()  # queue marker: a block of which nothing arrived
 _CLOSE = object()  # queue marker: answer what is queued, then close
-# other queue items: _Block, or a function run on the session (param, preset, reset) that returns the reply
+# other queue items: PendingBlock, or a function run on the session (param, preset, reset) that returns the reply
 
 
 class HostedSession:
-    def __init__(self, request: OpenRequest, peer: Peer, engine: Engine, preset: str, deadline: float | None,
-                 reassembly_timeout: float, max_queued_blocks: int, info: dict, on_closed: Callable):
+    def __init__(self, request: OpenRequest, peer: Peer, workers: Workers,
+                 resolve_preset: Callable[[str | None], Preset], deadline: float | None, reassembly_timeout: float, max_queued_blocks: int, info: dict,
+                 on_closed: Callable):
         self.id = request.session
         self.peer = peer
         self.request = request
-        self.engine = engine
+        self.workers = workers
         self.deadline = deadline
         self.max_queued_blocks = max_queued_blocks
         self.counts = Counter()
         self.session: Session | None = None
-        self._preset = preset
+        self.preset_name = ""  # the preset the session's parameters came from
+        self._resolve_preset = resolve_preset
         self._info = info
         self._on_closed = on_closed
         self._loop = asyncio.get_running_loop()
         self.last_activity = self._loop.time()
-        self._assembler = BlockAssembler(request.channels, request.block_frames, reassembly_timeout)
+        self._assembler = BlockAssembler(request.channels, request.buffer_frames, reassembly_timeout)
         self._assembly_timer: asyncio.TimerHandle | None = None
         self._queue: asyncio.Queue = asyncio.Queue()
-        self._unanswered: deque[_Block] = deque()
+        self._ledger = ReplyLedger(self.id, peer, self.counts)
         self._needs_restart = False
         self._closing = False
-        self._closing_now = False  # aborted: no more replies
-        # held while a reply is sent: by the event loop, or by the worker thread that finished the block
-        self._answering = threading.RLock()
         self._task = self._loop.create_task(self._pump(), name=f"lmdm session {self.id}")
         self._task.add_done_callback(self._finished)  # runs even when cancelled before it started
 
@@ -131,13 +96,15 @@ class HostedSession:
             if params.style:
                 changes["style"] = {**session.params.style, **params.style}
             session.set_params(**changes)
-            return params_reply(self.id, session.params, PARAM)
+            return params_reply(self.id, self.preset_name, session.params, PARAM)
         self._control(apply)
 
-    def set_preset(self, preset: str) -> None:
+    def set_preset(self, name: str) -> None:
         def apply(session: Session) -> Message:
-            session.set_preset(self._preset_source(preset))
-            return params_reply(self.id, session.params, PRESET)
+            preset = self._resolve_preset(name)
+            session.set_params(preset.params)
+            self.preset_name = preset.name
+            return params_reply(self.id, self.preset_name, session.params, PRESET)
         self._control(apply)
 
     def reset(self) -> None:
@@ -162,8 +129,7 @@ class HostedSession:
     def abort(self) -> None:
         """Stop now without replies (the peer is gone)."""
         self._closing = True
-        with self._answering:
-            self._closing_now = True
+        self._ledger.stop()
         self._cancel_timers()
         self._task.cancel()
 
@@ -172,14 +138,11 @@ class HostedSession:
 
     def answer_all_late(self) -> None:
         """Answer every waiting block dry and late now (shutdown that cannot wait any longer)."""
-        with self._answering:
-            last = self._unanswered[-1] if self._unanswered else None
-        if last is not None:
-            self._expire_through(last)
+        self._settle(self._ledger.expire_all())
 
     @property
     def backlog(self) -> int:
-        return len(self._unanswered)
+        return self._ledger.backlog
 
     # ---- blocks ---------------------------------------------------------------------------------------
     def _poll_assembler(self) -> None:
@@ -214,72 +177,45 @@ class HostedSession:
             flags |= BlockFlag.BAD_INPUT
             self.counts["bad_input"] += 1
         deadline = None if self.deadline is None else assembled.first_arrival + self.deadline
-        block = _Block(assembled.seq, audio, flags, deadline)
+        block = PendingBlock(assembled.seq, audio, flags, deadline)
         self.counts["blocks"] += 1
-        self._unanswered.append(block)
+        self._ledger.add(block)
         if deadline is not None:
             block.timer = self._loop.call_at(deadline, self._expire_through, block)
-        while len(self._unanswered) > self.max_queued_blocks:
-            self._expire_through(self._unanswered[0])
+        self._settle(self._ledger.expire_beyond(self.max_queued_blocks))
         self._queue.put_nowait(block)
+        self._update_congestion()
+
+    def _expire_through(self, block: PendingBlock) -> None:
+        """Answer, dry and late, every block up to this one that is still unanswered (its deadline passed)."""
+        self._settle(self._ledger.expire_through(block))
+
+    def _answer(self, block: PendingBlock, audio: np.ndarray, flags: BlockFlag) -> None:
+        """Answer a block from the event loop (unless a worker answered it meanwhile)."""
+        if self._ledger.answer(block, audio, flags):
+            self._settle([block])
+
+    def _settle(self, blocks: list[PendingBlock]) -> None:
+        """On the loop, once blocks are answered (from here or a worker): their timers and the back-pressure."""
+        for block in blocks:
+            if block.timer is not None:
+                block.timer.cancel()
+        if blocks:
+            self._update_congestion()
+
+    def _update_congestion(self) -> None:
         self.peer.set_congested(self.id, self.backlog >= max(1, self.max_queued_blocks // 2))
 
-    def _expire_through(self, block: _Block) -> None:
-        """Answer, dry and late, every block up to this one that is still unanswered."""
-        while not block.answered:
-            with self._answering:
-                if block.answered:  # a worker answered it meanwhile
-                    break
-                head = self._unanswered[0]
-                self._answer(head, head.audio, BlockFlag.LATE)
-
-    def _answer(self, block: _Block, audio: np.ndarray, flags: BlockFlag) -> None:
-        """Answer a block (from the event loop)."""
-        with self._answering:
-            if block.answered:  # a worker answered it meanwhile
-                return
-            self._send_answer(block, audio, flags)
-        self._settle(block)
-
-    def _settle(self, block: _Block) -> None:
-        """On the loop, once a block is answered (from here or a worker): its timer and the back-pressure."""
-        if block.timer is not None:
-            block.timer.cancel()
-        self.peer.set_congested(self.id, self.backlog >= max(1, self.max_queued_blocks // 2))
-
-    def _send_answer(self, block: _Block, audio: np.ndarray, flags: BlockFlag) -> None:
-        """Send a block's reply: called with ``_answering`` held, from the loop or a worker thread."""
-        assert self._unanswered and self._unanswered[0] is block, "replies must leave in sequence order"
-        self._unanswered.popleft()
-        block.answered = True
-        flags |= block.flags
-        if flags & BlockFlag.LATE:
-            self.counts["late"] += 1
-        self.peer.send_audio(self.id, block.seq, audio, int(flags))
-
-    def _answer_from_worker(self, block: _Block, out: np.ndarray, restart: bool) -> None:
-        """The engine's worker thread, as soon as the block is processed: send its reply from there (one thread
-        hand-off less than going back through the event loop), unless its deadline passed first. Only replies
-        leave here; counts, timers and back-pressure are settled on the loop when ``_process`` resumes."""
-        try:
-            with self._answering:
-                if block.answered or self._closing_now:
-                    return
-                flags = BlockFlag.RESTARTED if restart else BlockFlag(0)
-                self._send_answer(block, block.audio if block.flags & BlockFlag.BAD_INPUT else out, flags)
-                block.processed = True
-        except Exception:  # never into the engine: the loop answers the block if it is still unanswered
-            log.exception("session %r: failed to send the reply to block %d", self.id, block.seq)
-
-    async def _process(self, block: _Block) -> None:
+    async def _process(self, block: PendingBlock) -> None:
         if block.answered:  # answered late before it started: skipped
             self._needs_restart = True
             return
         restart, self._needs_restart = self._needs_restart, False
-        finish = ((lambda out: self._answer_from_worker(block, out, restart))
+        flags = BlockFlag.RESTARTED if restart else BlockFlag(0)
+        finish = ((lambda out: self._ledger.answer_processed(block, out, flags))
                   if self.peer.threadsafe_sends else None)
         try:
-            out = await self.engine.process(self.session, block.audio, restart, finish)
+            out = await self.workers.process(self.session, block.audio, restart, finish)
         except Exception as e:
             log.exception("session %r: the engine failed on block %d", self.id, block.seq)
             self._needs_restart = True  # the session may be half way through the block
@@ -287,26 +223,24 @@ class HostedSession:
             self.peer.send(error_message(ProtocolError(
                 ErrorCode.ENGINE_ERROR, f"the engine failed on this block ({type(e).__name__}: {e}); answered dry",
                 self.id, block.seq)))
-            if not block.answered:
-                self._answer(block, block.audio, BlockFlag.ENGINE_ERROR)
+            self._answer(block, block.audio, BlockFlag.ENGINE_ERROR)
             return
         if restart:
             self.counts["restarts"] += 1
         if block.processed:  # answered from the worker thread
             self.counts["processed"] += 1
-            self._settle(block)
+            self._settle([block])
             return
         if block.answered:  # its deadline passed while it ran: answered dry already
             return
         self.counts["processed"] += 1
-        flags = BlockFlag.RESTARTED if restart else BlockFlag(0)
-        self._answer(block, block.audio if block.flags & BlockFlag.BAD_INPUT else out, flags)
+        self._answer(block, block.reply_audio(out), flags)
 
     # ---- the pump -------------------------------------------------------------------------------------
     async def _open(self) -> bool:
         r = self.request
         try:
-            self.session = await self.engine.run(self._build_session)
+            self.session = await self.workers.run(self._build_session)
         except ValueError as e:  # PresetError included: the message names the field and the allowed values
             self._fail_open(ProtocolError(ErrorCode.BAD_PARAMETER, str(e), self.id))
             return False
@@ -316,26 +250,23 @@ class HostedSession:
                                                                   f"({type(e).__name__}: {e})", self.id))
             return False
         self.peer.send(open_reply(self.id, self.session.latency_samples, self._open_info()))
-        log.info("session %r opened: %d Hz, %d ch, blocks of %d frames, preset %s", self.id, r.sample_rate,
-                 r.channels, r.block_frames, self.session.params.name)
+        log.info("session %r opened: %d Hz, %d ch, buffers of %d frames, preset %s", self.id, r.sample_rate,
+                 r.channels, r.buffer_frames, self.preset_name)
         return True
 
     def _build_session(self) -> Session:
+        """The open's preset with its parameters over it (style weights merged into the preset's style)."""
         r = self.request
-        session = Session(self.engine.runtime, r.sample_rate, r.channels, self._preset_source(r.preset),
-                          **r.params.fields)
-        if r.params.style:
-            session.set_params(style={**session.params.style, **r.params.style})
-        return session
-
-    def _preset_source(self, name: str | None) -> str:
-        """What to load for a preset name from the host: the server's default preset (which may be a file) when
-        the name is missing or is that preset's name, else the shipped preset of that name."""
-        return self._preset if name is None or name == Path(self._preset).stem else name
+        preset = self._resolve_preset(r.preset)
+        params = preset.params
+        if r.params.fields or r.params.style:
+            params = params.replace(**r.params.fields, style={**params.style, **r.params.style})
+        self.preset_name = preset.name
+        return Session(self.workers.runtime, r.sample_rate, r.channels, params)
 
     def _open_info(self) -> dict:
         s = self.session
-        return {**self._info, "preset": s.params.name, "delay_seconds": s.params.delay_seconds,
+        return {**self._info, "preset": self.preset_name, "delay_seconds": s.params.delay_seconds,
                 "model_block_frames": s.block_frames,
                 "deadline_ms": 0.0 if self.deadline is None else 1000.0 * self.deadline}
 
@@ -344,15 +275,14 @@ class HostedSession:
         self.peer.send(error_message(error))
         self._closing = True
         self._cancel_timers()
-        while self._unanswered:
-            block = self._unanswered.popleft()
+        for block in self._ledger.take_all():
             self.peer.send(error_message(ProtocolError(
                 ErrorCode.UNKNOWN_SESSION, f"session {self.id!r} did not open: {error}", self.id, block.seq)))
 
     async def _run_control(self, apply: Callable[[Session], Message]) -> None:
         """A param, preset or reset request, run on the session in queue order; ``apply`` returns the reply."""
         try:
-            reply = await self.engine.run(apply, self.session)
+            reply = await self.workers.run(apply, self.session)
         except ValueError as e:  # PresetError included: the message names the field and the allowed values
             reply = error_message(ProtocolError(ErrorCode.BAD_PARAMETER, str(e), self.id))
         self.peer.send(reply)
@@ -367,7 +297,7 @@ class HostedSession:
             try:
                 if item is _LOST:
                     self._needs_restart = True
-                elif isinstance(item, _Block):
+                elif isinstance(item, PendingBlock):
                     await self._process(item)
                 else:
                     await self._run_control(item)
@@ -375,7 +305,7 @@ class HostedSession:
                 log.exception("session %r: failed on a queued request", self.id)
                 self.peer.send(error_message(ProtocolError(
                     ErrorCode.ENGINE_ERROR, f"internal error: {type(e).__name__}", self.id)))
-                if isinstance(item, _Block) and not item.answered:
+                if isinstance(item, PendingBlock) and not item.answered:
                     self._expire_through(item)
         self.peer.send(close_reply(self.id, self.summary()))
         log.info("session %r closed: %s", self.id, self.summary())
@@ -393,8 +323,6 @@ class HostedSession:
     def _cancel_timers(self) -> None:
         if self._assembly_timer is not None:
             self._assembly_timer.cancel()
-        with self._answering:
-            unanswered = list(self._unanswered)
-        for block in unanswered:
+        for block in self._ledger.waiting():
             if block.timer is not None:
                 block.timer.cancel()

@@ -1,9 +1,9 @@
-"""Where session work runs: worker threads, one block at a time per session, several sessions at once.
+"""``Workers``: the threads hosted sessions run in, one block at a time per session, several sessions at once.
 
 Without batching, a pool of ``workers`` threads (one per core by default) runs sessions' blocks side by side;
 the runtime's ops release the GIL, so blocks of different sessions use different cores. With batching, every
 session with a block in flight gets a thread, and their runtime calls meet in a ``BatchingRuntime``, which runs
-them as batches, ``workers`` calls at once. Sessions must be built on ``engine.runtime`` for their calls to be
+them as batches, ``workers`` calls at once. Sessions must be built on ``workers.runtime`` for their calls to be
 batched.
 """
 
@@ -24,13 +24,15 @@ from lmdm_engine.stream.session import Session
 from .batching import BatchingRuntime
 
 
-class Engine:
+class Workers:
+    """The worker threads and the runtime the bridge's sessions run on (batching, or one thread per call)."""
+
     def __init__(self, runtime: Runtime, batching: bool = True, workers: int | None = None, max_sessions: int = 32):
         self.batching = batching
         workers = workers or os.cpu_count() or 1
         self.runtime: Runtime = BatchingRuntime(runtime, parallel=workers) if batching else runtime
         threads = max_sessions if batching else workers
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="lmdm-engine")
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="lmdm-worker")
         self.process_seconds = 0.0  # wall time spent in session.process (summed over threads)
         self._lock = threading.Lock()
 

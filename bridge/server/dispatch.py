@@ -15,17 +15,20 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
-from lmdm_engine.io.presets import DEFAULT_PRESET
-
+from lmdm_bridge.hosting.hosted import HostedSession
+from lmdm_bridge.hosting.peer import Peer
+from lmdm_bridge.hosting.workers import Workers
+from lmdm_bridge.protocol.namespace import AUDIO, ErrorCode, ProtocolError
+from lmdm_bridge.protocol.packets import read_audio_packet
+from lmdm_bridge.protocol.replies import error_message, ping_reply, status_reply
+from lmdm_bridge.protocol.requests import (AudioChunk, CloseRequest, OpenRequest, ParamRequest, PingRequest,
+                                           PresetRequest, ResetRequest, StatusRequest, parse_request)
 from lmdm_bridge.wire.blocks import ChunkError
-from lmdm_bridge.hosting.workers import Engine
 from lmdm_bridge.wire.framing import FramingError
-from lmdm_bridge.hosting.hosted import HostedSession, Peer
 from lmdm_bridge.wire.osc import OscDecodeError, decode_packet
-from lmdm_bridge.protocol.requests import (AUDIO, AudioChunk, CloseRequest, ErrorCode, OpenRequest, ParamRequest, PingRequest,
-                       PresetRequest, ProtocolError, ResetRequest, StatusRequest, error_message, parse_request,
-                       ping_reply, read_audio_packet, status_reply)
+from lmdm_engine.io.presets import DEFAULT_PRESET, Preset, resolve_preset
 
 log = logging.getLogger("lmdm_bridge")
 
@@ -101,8 +104,8 @@ def _since_last_line(suppressed: int) -> str:
 
 
 class Bridge:
-    def __init__(self, engine: Engine, settings: BridgeSettings, model: str = ""):
-        self.engine = engine
+    def __init__(self, workers: Workers, settings: BridgeSettings, model: str = ""):
+        self.workers = workers
         self.settings = settings
         self.model = model
         self.sessions: dict[tuple, HostedSession] = {}  # (peer key, session id) -> session
@@ -235,26 +238,34 @@ class Bridge:
         if len(self.sessions) >= s.max_sessions:
             raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS, f"the bridge already serves {len(self.sessions)} "
                                                              f"sessions (the limit)", r.session)
-        block_bytes = r.block_frames * r.channels * 4
+        block_bytes = r.buffer_frames * r.channels * 4
         if block_bytes + AUDIO_HEADER_BYTES > s.max_packet_bytes:
             raise ProtocolError(ErrorCode.TOO_LARGE, (
-                f"block_frames={r.block_frames} x {r.channels} channels x 4 bytes = {block_bytes} bytes does not fit "
+                f"buffer_frames={r.buffer_frames} x {r.channels} channels x 4 bytes = {block_bytes} bytes does not fit "
                 f"the bridge's packet limit of {s.max_packet_bytes} bytes; at most "
                 f"{(s.max_packet_bytes - AUDIO_HEADER_BYTES) // (4 * r.channels)} frames per block"), r.session)
         if r.deadline_ms is None:
-            deadline = r.block_frames / r.sample_rate
+            deadline = r.buffer_frames / r.sample_rate
         else:
             deadline = r.deadline_ms / 1000.0 or None
         reply_peer = peer.with_reply_port(r.reply_port) if r.reply_port is not None else peer
-        cfg = self.engine.runtime.config
-        info = {"sample_rate": r.sample_rate, "channels": r.channels, "block_frames": r.block_frames,
-                "model_sample_rate": cfg.sample_rate, "model_hop": cfg.hop, "runtime": self.engine.runtime.name,
+        cfg = self.workers.runtime.config
+        # block_frames: buffer_frames' old name, still sent for hosts written before it (bridge/PROTOCOL.md)
+        info = {"sample_rate": r.sample_rate, "channels": r.channels, "buffer_frames": r.buffer_frames,
+                "block_frames": r.buffer_frames,
+                "model_sample_rate": cfg.sample_rate, "model_hop": cfg.hop, "runtime": self.workers.runtime.name,
                 "model": self.model, "max_packet_bytes": reply_peer.max_packet or s.max_packet_bytes}
-        hosted = HostedSession(r, reply_peer, self.engine, s.preset, deadline, s.reassembly_ms / 1000.0,
+        hosted = HostedSession(r, reply_peer, self.workers, self.preset, deadline, s.reassembly_ms / 1000.0,
                                s.max_queued_blocks, info,
                                on_closed=lambda hosted, key=(peer.key, r.session): self._closed(key, hosted))
         self.sessions[(peer.key, r.session)] = hosted
         self._live.add(hosted)
+
+    def preset(self, name: str | None) -> Preset:
+        """The preset a host names: the server's --preset (a name or a file) when it names none or that preset's
+        name, else the shipped preset of that name."""
+        default = self.settings.preset
+        return resolve_preset(default if name is None or name == Path(default).stem else name)
 
     def _closed(self, key: tuple, hosted: HostedSession) -> None:
         if self.sessions.get(key) is hosted:
@@ -267,13 +278,13 @@ class Bridge:
         blocks = Counter(self.counts)
         for hosted in self._live:
             blocks.update(hosted.counts)
-        runtime = self.engine.runtime
+        runtime = self.workers.runtime
         return {"sessions": len(self.sessions), "max_sessions": self.settings.max_sessions,
                 "uptime_s": round(time.monotonic() - self.started, 3), "runtime": runtime.name,
-                "model": self.model, "batching": int(self.engine.batching),
+                "model": self.model, "batching": int(self.workers.batching),
                 # with batching: the sessions' runtime calls, and the (batched) calls they became
                 "runtime_requests": getattr(runtime, "requests", 0), "runtime_calls": getattr(runtime, "calls", 0),
-                "process_seconds": self.engine.process_seconds,
+                "process_seconds": self.workers.process_seconds,
                 **{key: blocks[key] for key in ("blocks", "processed", "late", "concealed", "lost", "bad_input",
                                                 "restarts", "engine_errors", "packets", "dropped", "malformed",
                                                 "errors")}}

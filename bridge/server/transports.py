@@ -19,14 +19,15 @@ import socket
 import threading
 from pathlib import Path
 
+from lmdm_bridge.hosting.peer import Peer
+from lmdm_bridge.hosting.workers import Workers
+from lmdm_bridge.protocol.namespace import AUDIO, reply_address
+from lmdm_bridge.wire.blocks import audio_packets
+from lmdm_bridge.wire.framing import FramingError, detect_framing
+from lmdm_bridge.wire.osc import Message, encode_message
 from lmdm_engine.runtime.interface import Runtime
 
 from .dispatch import Bridge, BridgeSettings
-from lmdm_bridge.hosting.workers import Engine
-from lmdm_bridge.wire.framing import FramingError, detect_framing
-from lmdm_bridge.hosting.hosted import Peer
-from lmdm_bridge.wire.osc import Message, encode_message
-from lmdm_bridge.protocol.requests import AUDIO, audio_packets, reply_address
 
 log = logging.getLogger("lmdm_bridge")
 
@@ -372,8 +373,8 @@ class BridgeServer:
                  port: int = 9000, batching: bool = True, workers: int | None = None, model: str | Path = ""):
         self.settings = settings or BridgeSettings()
         self.host, self.port = host, port
-        self.engine = Engine(runtime, batching, workers, self.settings.max_sessions)
-        self.bridge = Bridge(self.engine, self.settings, str(model))
+        self.workers = Workers(runtime, batching, workers, self.settings.max_sessions)
+        self.bridge = Bridge(self.workers, self.settings, str(model))
         self.connections: set[TcpConnection] = set()
         self.tcp_address: tuple | None = None
         self.udp_address: tuple | None = None
@@ -395,11 +396,11 @@ class BridgeServer:
         self.bridge.start()
 
     def ready_line(self) -> str:
-        runtime = self.engine.runtime
+        runtime = self.workers.runtime
         return (f"lmdm bridge ready: tcp {self.tcp_address[0]}:{self.tcp_address[1]} (OSC 1.0 length-prefix or "
                 f"1.1 SLIP), udp {self.udp_address[0]}:{self.udp_address[1]}; model {self.bridge.model or '-'} "
                 f"({runtime.name}, {runtime.config.sample_rate} Hz); preset {self.settings.preset}; "
-                f"batching {'on' if self.engine.batching else 'off'}; up to {self.settings.max_sessions} sessions")
+                f"batching {'on' if self.workers.batching else 'off'}; up to {self.settings.max_sessions} sessions")
 
     async def stop(self) -> None:
         """Stop listening, answer what is in flight, close every connection (their replies flushed)."""
@@ -411,7 +412,7 @@ class BridgeServer:
         if closing:
             await asyncio.wait(closing, timeout=2.0)
         self._udp.close()
-        await asyncio.get_running_loop().run_in_executor(None, self.engine.shutdown)
+        await asyncio.get_running_loop().run_in_executor(None, self.workers.shutdown)
 
 
 async def serve(server: BridgeServer) -> dict:

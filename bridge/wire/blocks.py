@@ -1,4 +1,5 @@
-"""Audio blocks on the wire: the sample format, splitting a block into chunks, and putting chunks back together.
+"""Audio blocks on the wire: the sample format, splitting a block into chunks (as OSC messages or straight into their
+packets' bytes), and putting chunks back together.
 
 Samples travel as float32 little-endian, interleaved frames x channels (the layout of an OSC blob that any host
 can fill from its own buffer). A block of ``total_frames`` frames travels as one or more chunks, each holding
@@ -14,11 +15,16 @@ on as lost (``audio is None``) after the same timeout, and so, at once, is a seq
 
 from __future__ import annotations
 
+import functools
+import struct
 from dataclasses import dataclass
 
 import numpy as np
 
+from .osc import Message, encode_message, encode_string
+
 SAMPLE_DTYPE = np.dtype("<f4")
+_INT32_BE = struct.Struct(">i")
 
 
 class ChunkError(ValueError):
@@ -54,6 +60,76 @@ def chunk_spans(total_frames: int, frames_per_chunk: int) -> list[tuple[int, int
     if frames_per_chunk < 1:
         raise ValueError(f"frames_per_chunk must be >= 1, got {frames_per_chunk}")
     return [(start, min(frames_per_chunk, total_frames - start)) for start in range(0, total_frames, frames_per_chunk)]
+
+
+def audio_messages(address: str, session: str, seq: int, audio: np.ndarray, flags: int | None = None,
+                   max_packet: int | None = None) -> list[Message]:
+    """One block as audio messages (requests without ``flags``, replies with them), split into chunks so that
+    each encoded message is at most ``max_packet`` bytes (None: one message)."""
+    channels, total = audio.shape
+    extra = () if flags is None else (int(flags),)
+    samples = audio_to_bytes(audio)
+    if max_packet is None:
+        return [Message(address, (session, seq, 0, total, *extra, samples))]
+    header = len(encode_message(Message(address, (session, seq, 0, total, *extra, b""))))
+    frame_bytes = 4 * channels
+    frames_per_chunk = (max_packet - header) // frame_bytes
+    if frames_per_chunk < 1:
+        raise ValueError(f"max_packet={max_packet} bytes leaves no room for audio after the {header}-byte header")
+    return [Message(address, (session, seq, start, total, *extra,
+                              samples[start * frame_bytes: (start + n) * frame_bytes]))
+            for start, n in chunk_spans(total, frames_per_chunk)]
+
+
+def audio_packets(address: str, session: str, seq: int, audio: np.ndarray, flags: int | None = None,
+                  max_packet: int | None = None, reserve: int = 0) -> list[bytearray]:
+    """The encoded packets of ``audio_messages(...)`` (the same bytes as ``encode_message`` makes of each), each
+    built in one buffer: the samples are written interleaved straight into it, with no intermediate copies of the
+    block. ``reserve`` bytes are left free at the start of each buffer (for a stream framing's size prefix)."""
+    channels, total = audio.shape
+    numbers = (seq, 0, total) if flags is None else (seq, 0, total, int(flags))
+    frame_bytes = 4 * channels
+    # everything before the blob's size; the chunks' headers differ only in frame_offset, an int32 followed by
+    # total_frames, the flags if any, and the blob size
+    if all(-2**31 <= n < 2**31 for n in numbers):
+        head = _audio_prefix(address, session, len(numbers)) + struct.pack(f">{len(numbers)}i", *numbers)
+    else:  # a seq past int32 is written as int64, as encode_message writes it
+        head = encode_message(Message(address, (session, *numbers, b"")))[:-4]
+    at = len(head) - 4 * (len(numbers) - 1)  # where frame_offset sits
+    if max_packet is None:
+        spans = [(0, total)]
+    else:
+        frames_per_chunk = (max_packet - len(head) - 4) // frame_bytes
+        if frames_per_chunk < 1:
+            raise ValueError(f"max_packet={max_packet} bytes leaves no room for audio after the "
+                             f"{len(head) + 4}-byte header")
+        spans = chunk_spans(total, frames_per_chunk)
+    if len(spans) == 1:  # one packet: the samples are interleaved straight into it
+        offset = reserve + len(head) + 4
+        packet = bytearray(offset + total * frame_bytes)
+        packet[reserve: offset - 4] = head
+        packet[offset - 4: offset] = _INT32_BE.pack(total * frame_bytes)
+        interleave_into(np.frombuffer(packet, SAMPLE_DTYPE, total * channels, offset).reshape(total, channels), audio)
+        return [packet]
+    # chunks: the block interleaved once, each chunk's bytes joined behind its header (cheaper than per-chunk numpy)
+    samples = memoryview(audio_to_bytes(audio))
+    before, after, pad = head[:at], head[at + 4:], bytes(reserve)
+    return [bytearray().join((pad, before, _INT32_BE.pack(start), after, _INT32_BE.pack(n * frame_bytes),
+                              samples[start * frame_bytes: (start + n) * frame_bytes]))
+            for start, n in spans]
+
+
+def audio_head(address: str, numbers: int) -> bytes:
+    """An audio message's address and type tags (a session id, ``numbers`` int32s, a blob), as encode_message
+    writes them."""
+    return encode_string(address) + encode_string(",s" + "i" * numbers + "b")
+
+
+@functools.lru_cache(maxsize=1024)
+def _audio_prefix(address: str, session: str, numbers: int) -> bytes:
+    """An audio message's bytes before its int32 numbers: kept per session, as encoding them again for every
+    block is most of the work of building its header."""
+    return audio_head(address, numbers) + encode_string(session)
 
 
 @dataclass
@@ -119,7 +195,7 @@ class BlockAssembler:
             return self.poll(now)
         if not 1 <= total_frames <= self.max_frames:
             raise ChunkError(f"total_frames={total_frames} is outside [1, {self.max_frames}] "
-                             "(the block_frames given at open)")
+                             "(the buffer_frames given at open)")
         if not 0 <= frame_offset < total_frames:
             raise ChunkError(f"frame_offset={frame_offset} is outside the block's {total_frames} frames")
         frame_bytes = self.channels * SAMPLE_DTYPE.itemsize

@@ -58,7 +58,7 @@ const C = vector.channels;
 const L = vector.block_frames;
 const D = manifest.latent_dim;
 const hop = manifest.hop;
-const S = manifest.conditioning.style_dim;
+const S = manifest.conditioning.cond_dim;
 const initial = (graph, dims) =>
   Object.fromEntries(
     graph.entry.inputs.filter((io) => io.name in manifest.state[graph.name]).map((io) => [io.name, zeros(io, dims)]),
@@ -70,7 +70,7 @@ let cache = initial(step, { batch: C });
 const audio = readF32("audio");
 const noise = readF32("noise");
 const expected = readF32("expected");
-const style = new ort.Tensor("float32", Float32Array.from(vector.style.flat()), [C, S]);
+const cond = new ort.Tensor("float32", Float32Array.from(vector.cond.flat()), [C, S]);
 const empty = new ort.Tensor("float32", new Float32Array(0), [C, 0, D]);
 const blockSamples = L * hop;
 const totalSamples = vector.shapes.audio[1];
@@ -94,7 +94,7 @@ async function velocity(x, t, context) {
   const feeds = {
     latents: new ort.Tensor("float32", x, [C, L, D]),
     time: new ort.Tensor("float32", new Float32Array(C).fill(t), [C]),
-    style,
+    cond,
     context,
   };
   const { outputs, next } = await run(step, feeds, cache);
@@ -120,7 +120,7 @@ for (let b = 0; b < vector.blocks; b++) {
   if (vector.strength <= 0) {
     x.set(context);
     cache = (await run(step, { latents: new ort.Tensor("float32", new Float32Array(0), [C, 0, D]),
-      time: new ort.Tensor("float32", new Float32Array(C), [C]), style, context: contextTensor }, cache)).next;
+      time: new ort.Tensor("float32", new Float32Array(C), [C]), cond, context: contextTensor }, cache)).next;
   } else {
     let n = nextNoise();
     for (let i = 0; i < x.length; i++) x[i] = (1 - vector.strength) * context[i] + vector.strength * n[i % (L * D)];

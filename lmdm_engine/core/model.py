@@ -1,9 +1,10 @@
 """Block-causal DiT denoiser with a block-wise KV cache (LMDM, Novack et al. 2026, arXiv 2605.22717).
 
 Tokens are latent frames (model space: codec latents divided by ``latent_scale``). Two kinds of token:
-clean context tokens (diffusion time 0, no style) and noisy target tokens (their own time ``t`` plus the style).
+clean context tokens (diffusion time 0, no conditioning) and noisy target tokens (their own time ``t`` plus the
+conditioning vector ``cond``).
 Conditioning enters through per-token adaLN modulation, so the keys and values of clean tokens depend on the
-context audio alone: the cache is exact and a style change needs no rebuild.
+context audio alone: the cache is exact and a conditioning change needs no rebuild.
 
 Attention (frames; ``C = config.context_frames``; a block starting at frame ``s`` with ``L`` frames):
 - clean block tokens attend to clean frames ``[s - C, s + L)``;
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CONFIG_NAME, WEIGHTS_NAME, ConfigError, ModelConfig
+from .files import atomic_write
 
 Cache = dict[str, torch.Tensor]
 KINDS_IS_TARGET = torch.tensor([False, True])  # the two token kinds of a streaming pass: clean context, target
@@ -150,13 +152,13 @@ class Denoiser(nn.Module):
         w = config.width
         self.in_proj = nn.Linear(config.latent_dim, w)
         self.time_mlp = nn.Sequential(nn.Linear(128, w), nn.SiLU(), nn.Linear(w, w))
-        self.style_proj = nn.Linear(config.style_dim, w, bias=False)
+        self.cond_proj = nn.Linear(config.cond_dim, w, bias=False)
         # unit-norm sentence embeddings are scaled to unit-order entries, like the tag weights
-        gain = torch.ones(config.style_dim)
-        if "text" in config.style_layout:
-            start, stop = config.style_layout["text"]
+        gain = torch.ones(config.cond_dim)
+        if "text" in config.cond_layout:
+            start, stop = config.cond_layout["text"]
             gain[start:stop] = math.sqrt(config.text_dim)
-        self.register_buffer("style_gain", gain, persistent=False)
+        self.register_buffer("cond_gain", gain, persistent=False)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(w, 6 * w))
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
@@ -178,7 +180,7 @@ class Denoiser(nn.Module):
             nn.init.zeros_(lin.bias)
 
     # ---- core -----------------------------------------------------------------------------------
-    def _run(self, x, kind_t, kind_is_target, token_kind, style, positions, mask, past: Cache | None = None,
+    def _run(self, x, kind_t, kind_is_target, token_kind, cond, positions, mask, past: Cache | None = None,
              past_positions=None, layers: int | None = None):
         """Shared transformer pass over tokens x [B, N, D] of a few kinds (clean context, or a target block with its
         time): kind_t [B, K], kind_is_target [K] bool, token_kind [N] (long). Conditioning is computed once per
@@ -188,10 +190,10 @@ class Denoiser(nn.Module):
         velocity."""
         b, n, _ = x.shape
         mask = torch.zeros(mask.shape, device=x.device).masked_fill(~mask, float("-inf"))
-        # [B, K, W]: time for every kind, style for target kinds only (clean K/V stay style-free)
-        cond = self.time_mlp(timestep_features(kind_t))
-        cond = cond + kind_is_target.float()[None, :, None] * self.style_proj(style * self.style_gain)[:, None, :]
-        modulation = self.modulation(cond)[:, token_kind].view(b, n, 6, -1)  # [B, K, 6W] -> [B, N, 6, W]
+        # [B, K, W]: time for every kind, cond for target kinds only (clean K/V stay free of it)
+        per_kind = self.time_mlp(timestep_features(kind_t))
+        per_kind = per_kind + kind_is_target.float()[None, :, None] * self.cond_proj(cond * self.cond_gain)[:, None, :]
+        modulation = self.modulation(per_kind)[:, token_kind].view(b, n, 6, -1)  # [B, K, 6W] -> [B, N, 6, W]
         h = self.in_proj(x)
         half, base = self.config.head_dim // 2, self.config.rope_base
         angles = rotary_angles(positions, half, base)
@@ -204,15 +206,15 @@ class Denoiser(nn.Module):
             new_kv.append((k, v))
         if layers is not None:
             return h, new_kv
-        shift, scale = self.final_modulation(cond)[:, token_kind].chunk(2, -1)  # [B, K, 2W] -> 2 x [B, N, W]
+        shift, scale = self.final_modulation(per_kind)[:, token_kind].chunk(2, -1)  # [B, K, 2W] -> 2 x [B, N, W]
         out = self.out_proj(self.final_norm(h) * (1 + scale) + shift)
         return out + rf_skip(kind_t)[:, token_kind, None] * x, new_kv
 
     # ---- training / reference forwards ----------------------------------------------------------
-    def velocity_sequence(self, clean, noisy, t_blocks, style, block_frames: int):
+    def velocity_sequence(self, clean, noisy, t_blocks, cond, block_frames: int):
         """Full block-causal forward (LMDM training, and the reference the stream must equal).
 
-        clean, noisy [B, T, D] with T a multiple of block_frames; t_blocks [B, T // block_frames]; style [B, S].
+        clean, noisy [B, T, D] with T a multiple of block_frames; t_blocks [B, T // block_frames]; cond [B, S].
         Returns the velocity of every noisy frame [B, T, D].
         """
         b, n_frames, _ = clean.shape
@@ -226,23 +228,23 @@ class Denoiser(nn.Module):
         token_kind = torch.cat([torch.zeros_like(frames), 1 + frames // block_frames])  # [2T]
         positions = frames.repeat(2)
         mask = sequence_mask(n_frames, block_frames, self.config.context_frames, dev)
-        v, _ = self._run(torch.cat([clean, noisy], 1), kind_t, kind_is_target, token_kind, style, positions, mask)
+        v, _ = self._run(torch.cat([clean, noisy], 1), kind_t, kind_is_target, token_kind, cond, positions, mask)
         return v[:, n_frames:]
 
-    def velocity_outpaint(self, context, x, t, style):
+    def velocity_outpaint(self, context, x, t, cond):
         """One target block after a clean context, recomputing the context (the outpainting baseline).
 
         context [B, C', D] (C' <= context_frames), x [B, L, D], t [B]. Attention is full in ``bidirectional``
         mode; otherwise the context never attends to the target. Returns velocity [B, L, D].
         """
-        return self._outpaint(context, x, t, style)
+        return self._outpaint(context, x, t, cond)
 
-    def block_features(self, context, x, t, style, layers: int):
+    def block_features(self, context, x, t, cond, layers: int):
         """Hidden state [B, L, W] of the target block x after the first ``layers`` DiT blocks, laid out as in
         :meth:`velocity_outpaint`: what the ARC-Forcing discriminator scores (Novack et al. 2026)."""
-        return self._outpaint(context, x, t, style, layers)
+        return self._outpaint(context, x, t, cond, layers)
 
-    def _outpaint(self, context, x, t, style, layers: int | None = None):
+    def _outpaint(self, context, x, t, cond, layers: int | None = None):
         c = context.shape[1]
         n = c + x.shape[1]
         is_target = torch.arange(n, device=x.device) >= c
@@ -252,7 +254,7 @@ class Denoiser(nn.Module):
         else:
             mask = ~(~is_target[:, None] & is_target[None, :])  # context never attends to the target
         kind_t = torch.stack([torch.zeros_like(t), t], 1)  # kinds: 0 = context, 1 = target
-        out, _ = self._run(torch.cat([context, x], 1), kind_t, KINDS_IS_TARGET.to(x.device), is_target.long(), style,
+        out, _ = self._run(torch.cat([context, x], 1), kind_t, KINDS_IS_TARGET.to(x.device), is_target.long(), cond,
                            positions, mask, layers=layers)
         return out[:, c:]
 
@@ -268,7 +270,7 @@ class Denoiser(nn.Module):
         cache["context_valid"] = torch.zeros(batch, cfg.context_frames, dtype=torch.bool, device=p.device)
         return cache
 
-    def step(self, cache: Cache, context, x, t, style) -> tuple[torch.Tensor, Cache]:
+    def step(self, cache: Cache, context, x, t, cond) -> tuple[torch.Tensor, Cache]:
         """One fused streaming pass (the LMDM code folds the finished block into the next block's first step).
 
         Slides the clean frames ``context`` [B, N, D] into the cache (window of C frames) and returns the velocity
@@ -294,7 +296,7 @@ class Denoiser(nn.Module):
                           target_rows[:, None, :].expand(b, length, c + n + length)], 1)[:, None]
         kind_t = torch.stack([torch.zeros_like(t), t], 1)  # kinds: 0 = context, 1 = target
         token_kind = (slots[c:] >= c + n).long()  # [N + L]
-        v, new_kv = self._run(torch.cat([context, x], 1), kind_t, KINDS_IS_TARGET.to(dev), token_kind, style, slots[c:],
+        v, new_kv = self._run(torch.cat([context, x], 1), kind_t, KINDS_IS_TARGET.to(dev), token_kind, cond, slots[c:],
                               mask, cache, slots[:c])
         out = {}
         for i, (k, val) in enumerate(new_kv):
@@ -303,31 +305,32 @@ class Denoiser(nn.Module):
         out["context_valid"] = valid[:, n:]
         return v[:, n:], out
 
-    def velocity_cached(self, cache: Cache, x, t, style):
+    def velocity_cached(self, cache: Cache, x, t, cond):
         """Velocity of a target block [B, L, D] at times t [B] against the cached context."""
-        return self.step(cache, x[:, :0], x, t, style)[0]
+        return self.step(cache, x[:, :0], x, t, cond)[0]
 
     def append_context(self, cache: Cache, frames) -> Cache:
         """Run a finished clean block [B, N, D] against the cache and slide it into a new cache (window of C frames)."""
         b = frames.shape[0]
-        style = torch.zeros(b, self.config.style_dim, device=frames.device)
-        return self.step(cache, frames, frames[:, :0], torch.zeros(b, device=frames.device), style)[1]
+        cond = torch.zeros(b, self.config.cond_dim, device=frames.device)
+        return self.step(cache, frames, frames[:, :0], torch.zeros(b, device=frames.device), cond)[1]
 
     def with_conditioning(self, **changes) -> "Denoiser":
         """A copy whose conditioning vector is re-laid out by config ``changes`` (text_dim, text_encoder,
-        accompaniment): every weight is kept, the style projection's columns move to their new places and new
+        accompaniment): every weight is kept, the conditioning projection's columns move to their new places and new
         parts start at zero, so the copy computes exactly what this model does until it is trained."""
         new = Denoiser(self.config.replace(**changes)).to(self.latent_scale.device)
         state = self.state_dict()
-        old_w = state.pop("style_proj.weight")  # [W, old style_dim]
+        old_w = state.pop("cond_proj.weight")  # [W, old cond_dim]
         new.load_state_dict(state, strict=False)
-        w = torch.zeros_like(new.style_proj.weight)  # [W, new style_dim]
-        for part, (start, stop) in self.config.style_layout.items():
-            if part in new.config.style_layout and new.config.style_layout[part][1] - new.config.style_layout[part][0] == stop - start:
-                new_start = new.config.style_layout[part][0]
+        w = torch.zeros_like(new.cond_proj.weight)  # [W, new cond_dim]
+        for part, (start, stop) in self.config.cond_layout.items():
+            span = new.config.cond_layout.get(part)
+            if span is not None and span[1] - span[0] == stop - start:
+                new_start = span[0]
                 w[:, new_start:new_start + stop - start] = old_w[:, start:stop]
         with torch.no_grad():
-            new.style_proj.weight.copy_(w)
+            new.cond_proj.weight.copy_(w)
         return new
 
     # ---- persistence ----------------------------------------------------------------------------
@@ -338,9 +341,8 @@ class Denoiser(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         self.config.save(folder)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = folder / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", "config": CONFIG_NAME})
-        tmp.replace(folder / WEIGHTS_NAME)
+        with atomic_write(folder / WEIGHTS_NAME) as partial:
+            save_file(state, str(partial), metadata={"format": "pt", "config": CONFIG_NAME})
         return folder
 
     @classmethod

@@ -4,7 +4,7 @@ Samplers are stateless functions with one signature, ``sampler(velocity, x, sche
 ``velocity(x, t) -> v`` with ``x_t = (1 - t) x0 + t * noise`` and ``v = noise - x0``; ``schedule`` is a
 decreasing sequence of times ending at 0; ``noise(x)`` draws fresh noise shaped like ``x`` (only ping-pong uses
 it). They use plain arithmetic, so the same function runs on numpy arrays (the Session) and torch tensors
-(training, evaluation).
+(training); ``runtime.latent_stream`` runs them against a KV cache.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-
-from .conditioning import unconditional
 
 
 def time_schedule(steps: int, t_max: float = 1.0, shift: float = 1.0) -> np.ndarray:
@@ -53,27 +51,3 @@ def get_sampler(name: str) -> Callable:
         return SAMPLERS[name]
     except KeyError:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
-
-
-def generate_block(runtime, state: dict, delayed, strength: float, steps: int, sampler: str, style, noise: Callable,
-                   guidance: float = 1.0):
-    """One block against a runtime's cached context: start from ``delayed`` noised to ``strength`` and integrate
-    to t = 0 (strength 1: a free continuation; strength 0: ``delayed`` unchanged). The Session, generate() and
-    evaluation rollouts all generate through here.
-
-    ``guidance`` g != 1 turns on classifier-free guidance, ``v = v_uncond + g (v_cond - v_uncond)`` against the
-    unconditional vector of ``style`` (conditioning.unconditional): two runtime calls per step, the conditional one
-    first (it folds any context the ONNX runtime has queued), then the unconditional one on the same state."""
-    if strength <= 0:
-        return delayed.copy()
-    x = (1.0 - strength) * delayed + strength * noise(delayed)
-    if guidance == 1.0:
-        velocity = lambda x, t: runtime.velocity(state, x, t, style)
-    else:
-        plain = unconditional(runtime.config, np.asarray(style, np.float32))
-
-        def velocity(x, t):
-            cond = runtime.velocity(state, x, t, style)
-            uncond = runtime.velocity(state, x, t, plain)
-            return uncond + guidance * (cond - uncond)
-    return get_sampler(sampler)(velocity, x, time_schedule(steps, strength), noise)

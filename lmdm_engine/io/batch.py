@@ -32,11 +32,12 @@ import pedalboard.io
 import soundfile as sf
 from tqdm import tqdm
 
-from .effect import GenerativeDelay
-from .presets import Preset
+from lmdm_engine.core.files import atomic_write, partial_path
 from lmdm_engine.runtime.interface import DEFAULT_BACKEND, load_runtime
 
-PARTIAL_SUFFIX = ".partial"
+from .effect import GenerativeDelay
+from .presets import Preset
+
 READ_SUFFIXES = tuple(s.lower() for s in pedalboard.io.get_supported_read_formats())
 # (format, bit depth) -> soundfile subtype; 8-bit WAV is unsigned by the format's definition, 32-bit is float.
 SUBTYPES = {
@@ -133,7 +134,7 @@ class Job:
     @property
     def partial(self) -> Path:
         """Where the output is written until it is complete."""
-        return self.output.with_name(self.output.name + PARTIAL_SUFFIX)
+        return partial_path(self.output)
 
 
 @dataclass
@@ -356,25 +357,19 @@ def _render_file(job: Job, settings: BatchSettings, effect: GenerativeDelay, res
         dry, wet = _Excerpt(excerpt_frames), _Excerpt(excerpt_frames)
         tail = int(round(settings.tail_seconds * rate))
         job.output.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # opened by Python first: libsndfile would report a read-only folder as "System error."
-            with open(job.partial, "wb") as raw, sf.SoundFile(raw, "w", int(rate), channels, subtype=fmt.subtype,
-                                                              format=fmt.container.upper()) as writer:
-                for out in effect.render(_read_with_tail(reader, settings.buffer_frames, tail, dry.add), rate):
-                    result.peak = max(result.peak, float(np.abs(out).max(initial=0.0)))
-                    if not fmt.is_float:
-                        result.clipped_samples += int(np.count_nonzero(np.abs(out) > 1.0))
-                        out = np.clip(out, -1.0, 1.0)
-                    writer.write(out.T)
-                    wet.add(out)
-                    result.frames_out += out.shape[1]
-                    if on_progress is not None:
-                        on_progress(out.shape[1] / rate)
-            job.partial.replace(job.output)
-        except BaseException:
-            with contextlib.suppress(OSError):  # never leave a half-written output behind
-                job.partial.unlink(missing_ok=True)
-            raise
+        # opened by Python first: libsndfile would report a read-only folder as "System error."
+        with atomic_write(job.output) as partial, open(partial, "wb") as raw, sf.SoundFile(
+                raw, "w", int(rate), channels, subtype=fmt.subtype, format=fmt.container.upper()) as writer:
+            for out in effect.render(_read_with_tail(reader, settings.buffer_frames, tail, dry.add), rate):
+                result.peak = max(result.peak, float(np.abs(out).max(initial=0.0)))
+                if not fmt.is_float:
+                    result.clipped_samples += int(np.count_nonzero(np.abs(out) > 1.0))
+                    out = np.clip(out, -1.0, 1.0)
+                writer.write(out.T)
+                wet.add(out)
+                result.frames_out += out.shape[1]
+                if on_progress is not None:
+                    on_progress(out.shape[1] / rate)
     result.frames_in = result.frames_out - tail  # render gives back exactly the frames fed in
     return dry, wet
 
@@ -612,7 +607,7 @@ def batch_report(results: list[FileResult], settings: BatchSettings, workers: in
     audio = sum(r.audio_seconds for r in results if r.status == "written")
     return {
         "settings": {
-            "preset": dataclasses.asdict(settings.preset),
+            "preset": settings.preset.to_dict(),
             "format": settings.output_format.container,
             "bit_depth": settings.output_format.bit_depth,
             "tail_seconds": settings.tail_seconds,
@@ -640,7 +635,6 @@ def write_report(path: str | Path, report: dict) -> Path:
     """Write the report as JSON (through a partial file, like the audio)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    partial.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    partial.replace(path)
+    with atomic_write(path) as partial:
+        partial.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return path

@@ -20,13 +20,14 @@ Every built-in plugin allowed here gives, streamed with ``reset=False``, exactly
 from __future__ import annotations
 
 import ast
-import difflib
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pedalboard
+
+from lmdm_engine.core.text import close_match
 
 VST3_SUFFIXES = (".vst3", ".component")  # load_plugin: VST3 everywhere, Audio Units on macOS
 PLUGIN_NAME_KEY = "plugin_name"  # load_plugin's choice of one plugin inside a multi-plugin bundle
@@ -46,11 +47,6 @@ _SIGNATURE = re.compile(r"__init__\(self: [\w.]+(?:, (?P<params>.*))?\) -> None"
 
 class ChainError(ValueError):
     """A plugin table that cannot be used; the message names where it came from, the plugin and the parameter."""
-
-
-def _close_match(word: str, options) -> str:
-    match = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean '{match[0]}'?)" if match else ""
 
 
 def builtin_plugins() -> dict[str, type]:
@@ -159,12 +155,12 @@ def check_plugin_table(table, where: str, base_dir: Path | None = None) -> dict:
     if plugin in NOT_STREAMABLE:
         raise ChainError(f"{where}: {plugin} cannot be used in a streamed chain: {NOT_STREAMABLE[plugin]}")
     if plugin not in builtins:
-        raise ChainError(f"{where}: unknown plugin {plugin!r}{_close_match(plugin, builtins)}; built-in plugins: "
+        raise ChainError(f"{where}: unknown plugin {plugin!r}{close_match(plugin, builtins)}; built-in plugins: "
                          f"{', '.join(builtins)}; a VST3 is given by its path (ending in .vst3)")
     known = constructor_parameters(builtins[plugin])
     for key, value in parameters.items():
         if key not in known:
-            raise ChainError(f"{where}: {plugin} has no parameter {key!r}{_close_match(key, known)}; "
+            raise ChainError(f"{where}: {plugin} has no parameter {key!r}{close_match(key, known)}; "
                              f"its parameters: {', '.join(known) or 'none'}")
         _check_value(known[key][0], value, f"{where}: {plugin} parameter '{key}'")
         if _is_path_annotation(known[key][0]):

@@ -14,32 +14,22 @@ rate or the channel count changes.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from .chains import EffectChain, build_board, reported_latency_samples
-from .presets import DEFAULT_PRESET, Preset, load_preset, preset_from_dict
+from lmdm_engine.core.audio import channels_first
 from lmdm_engine.runtime.interface import Runtime, load_runtime
 from lmdm_engine.stream.session import Session
+
+from .chains import EffectChain, build_board, reported_latency_samples
+from .presets import Preset, resolve_preset
 
 MAX_CHANNELS = 64  # more than this is taken for a [frames, channels] buffer passed the wrong way round
 
 
 def _as_channels_first(audio) -> np.ndarray:
-    """Audio as float32 [channels, frames], with a clear error for anything else."""
-    a = np.asarray(audio)
-    if a.ndim == 1:
-        a = a[None, :]
-    if a.ndim != 2:
-        raise ValueError(f"expected audio of shape [channels, frames] (or [frames] for mono), got {np.shape(audio)}")
-    if not 1 <= a.shape[0] <= MAX_CHANNELS:
-        raise ValueError(f"expected audio of shape [channels, frames] with 1 to {MAX_CHANNELS} channels, got shape "
-                         f"{a.shape}; pass audio channels first (audio.T for [frames, channels])")
-    if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"expected float audio, got dtype {a.dtype}")
-    return a.astype(np.float32, copy=False)
+    return channels_first(audio, (1, MAX_CHANNELS)).astype(np.float32, copy=False)
 
 
 class _DelayModel:
@@ -53,7 +43,7 @@ class _DelayModel:
     def process(self, audio: np.ndarray, sample_rate: float, reset: bool = False) -> np.ndarray:
         channels = audio.shape[0]
         if reset or self._layout != (sample_rate, channels):
-            runtime, params = self._owner.runtime, self._owner.params
+            runtime, params = self._owner.runtime, self._owner.preset.params
             rate = int(sample_rate) if float(sample_rate).is_integer() else sample_rate
             if channels <= 2:
                 self.sessions = [Session(runtime, rate, channels, params)]
@@ -72,17 +62,17 @@ class GenerativeDelay:
     """The generative delay with its preset's chains, used like a pedalboard plugin.
 
     ``preset``: a shipped name, a .toml path or a Preset (default: the default preset); ``overrides``: preset
-    fields, e.g. ``mix=0.8`` or ``post=[{"plugin": "Reverb"}]``. ``runtime``: a loaded Runtime to share between
-    effects; otherwise the one of ``model`` (a model folder; default: the shipped model) is loaded on first use."""
+    fields, e.g. ``mix=0.8`` or ``post=[{"plugin": "Reverb"}]`` (see ``resolve_preset``). ``runtime``: a loaded
+    Runtime to share between effects; otherwise the one of ``model`` (a model folder; default: the shipped model) is
+    loaded on first use."""
 
     def __init__(self, preset: Preset | str | None = None, model=None, runtime: Runtime | None = None, **overrides):
-        base = preset if isinstance(preset, Preset) else load_preset(preset or DEFAULT_PRESET)
-        self.params = preset_from_dict({**dataclasses.asdict(base), **overrides}, source=f"preset {base.name!r}")
+        self.preset = resolve_preset(preset, overrides)
         self._model_dir = model
         self._runtime = runtime
         self._model = _DelayModel(self)
-        pre = build_board(self.params.pre, f"preset {self.params.name!r}: pre")
-        post = build_board(self.params.post, f"preset {self.params.name!r}: post")
+        pre = build_board(self.preset.pre, f"preset {self.preset.name!r}: pre")
+        post = build_board(self.preset.post, f"preset {self.preset.name!r}: post")
         self._boards = [board for board in (pre, post) if len(board)]
         self._chain = EffectChain(([pre] if len(pre) else []) + [self._model] + ([post] if len(post) else []))
         self._layout = None

@@ -2,7 +2,8 @@
 
 A runtime holds the model and answers calls on a streaming state (the flat dict of named KV-cache tensors, see
 ``model.cache_names``): ``new_state``, ``append_context`` and ``velocity``, plus ``concat_states`` and
-``split_state`` to run several sessions as one batch. The Session never sees torch.
+``split_state`` to run several sessions as one batch. ``latent_stream.LatentStream`` is the loop that drives a
+runtime block by block; nothing above this layer sees torch.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ class Runtime(Protocol):
     def append_context(self, state: dict, frames: np.ndarray) -> dict:
         """Slide clean frames [B, n, D] (model space) into the cache; returns the new state."""
 
-    def velocity(self, state: dict, x: np.ndarray, t: float, style: np.ndarray) -> np.ndarray:
-        """Velocity [B, L, D] of a target block x [B, L, D] at time t with style [B, S]."""
+    def velocity(self, state: dict, x: np.ndarray, t: float, cond: np.ndarray) -> np.ndarray:
+        """Velocity [B, L, D] of a target block x [B, L, D] at time t with the conditioning vector cond [B, S]."""
 
     def concat_states(self, states: list[dict]) -> dict:
         """One state holding several states' batches back to back (for running many sessions as one batch)."""

@@ -26,7 +26,7 @@ log = logging.getLogger("lmdm")
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = "lmdm-onnx-export"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the conditioning input is named cond (it was style)
 EXPORT_SUBDIR = "onnx"  # a model folder keeps its export here (the shipped default model does)
 GRAPHS = ("denoiser_step", "codec_encode", "codec_decode")
 PENDING = "pending_context"  # state entry: clean frames queued for the next step (not a graph input)
@@ -193,12 +193,12 @@ class OnnxRuntime:
         return out
 
     # ---- the step ---------------------------------------------------------------------------------
-    def _run(self, state: dict, context: np.ndarray, x: np.ndarray, t: float, style: np.ndarray, want_state: bool):
+    def _run(self, state: dict, context: np.ndarray, x: np.ndarray, t: float, cond: np.ndarray, want_state: bool):
         batch = x.shape[0]
         feeds = {
             "latents": np.ascontiguousarray(x, np.float32),
             "time": np.full((batch,), t, np.float32),
-            "style": np.ascontiguousarray(style, np.float32),
+            "cond": np.ascontiguousarray(cond, np.float32),
             "context": np.ascontiguousarray(context, np.float32),
         }
         outputs = ["velocity"] + ([self._present[n] for n in self.state_names] if want_state else [])
@@ -227,16 +227,16 @@ class OnnxRuntime:
     def _fold(self, state: dict) -> dict:
         b = state[PENDING].shape[0]
         empty = np.zeros((b, 0, self.config.latent_dim), np.float32)
-        style = np.zeros((b, self.config.style_dim), np.float32)
-        return self._run(state, state[PENDING], empty, 0.0, style, want_state=True)[1]
+        cond = np.zeros((b, self.config.cond_dim), np.float32)
+        return self._run(state, state[PENDING], empty, 0.0, cond, want_state=True)[1]
 
-    def velocity(self, state: dict, x: np.ndarray, t: float, style: np.ndarray) -> np.ndarray:
+    def velocity(self, state: dict, x: np.ndarray, t: float, cond: np.ndarray) -> np.ndarray:
         """Velocity of x against the cache. The first call after ``append_context`` also slides the queued frames
         into the cache and updates ``state`` in place (later calls reuse it); the result is the same either way."""
         pending = state.pop(PENDING, None)
         if pending is None:
             empty = np.zeros((x.shape[0], 0, self.config.latent_dim), np.float32)
-            return self._run(state, empty, x, t, style, want_state=False)[0]
-        velocity, present = self._run(state, pending, x, t, style, want_state=True)
+            return self._run(state, empty, x, t, cond, want_state=False)[0]
+        velocity, present = self._run(state, pending, x, t, cond, want_state=True)
         state.update(present)
         return velocity

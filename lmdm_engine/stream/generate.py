@@ -21,33 +21,17 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from lmdm_engine.core.audio import channels_first
 from lmdm_engine.core.codec import StreamingCodec
-from lmdm_engine.core.conditioning import conditioning_vector, embed_prompt
+from lmdm_engine.core.conditioning import ConditioningFade, prompt_conditioning
+from lmdm_engine.core.sampling import get_sampler, time_schedule
 from lmdm_engine.runtime.interface import Runtime
-from lmdm_engine.core.sampling import generate_block, get_sampler, time_schedule
-from .session import ConditioningFade
+from lmdm_engine.runtime.latent_stream import LatentStream
 
 
 def _vector(runtime: Runtime, prompt: str | None, style: dict | None) -> np.ndarray:
-    """The conditioning vector [1, style_dim] of a prompt (None or "": no prompt) and style tags."""
-    embedding = None
-    if prompt:
-        try:
-            embedding = embed_prompt(prompt, runtime.config)
-        except ValueError as e:
-            raise type(e)(f"prompt {prompt!r}: {e}") from None  # TextExtraMissing stays itself
-    return conditioning_vector(runtime.config, style, embedding)[None]
-
-
-def _check_sketch(sketch) -> np.ndarray:
-    a = np.asarray(sketch)
-    if a.ndim != 1:
-        raise ValueError(f"sketch must be mono audio [samples] at the model rate, got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"sketch must be float audio, got dtype {a.dtype}")
-    if not np.isfinite(a).all():
-        raise ValueError("sketch holds NaN or Inf samples")
-    return a.astype(np.float32, copy=False)
+    """The conditioning vector [1, cond_dim] of a prompt (None or "": no prompt) and style tags."""
+    return prompt_conditioning(runtime.config, style, prompt or "")[None]
 
 
 def iter_generate(runtime: Runtime, seconds: float | None, prompt: str | None = None, *, style: dict | None = None,
@@ -58,7 +42,9 @@ def iter_generate(runtime: Runtime, seconds: float | None, prompt: str | None = 
     checked and prompts embedded here, before the first block (ValueError, TextExtraMissing)."""
     cfg = runtime.config
     if sketch is not None:
-        sketch = _check_sketch(sketch)
+        sketch = channels_first(sketch, 1, "sketch")[0].astype(np.float32, copy=False)
+        if not np.isfinite(sketch).all():
+            raise ValueError("sketch holds NaN or Inf samples")
         total = sketch.shape[0]
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
@@ -89,7 +75,7 @@ def _stream(runtime, total, first, changes, guidance, steps, sampler, seed, sket
     block = cfg.block_frames * cfg.hop
     scale = runtime.latent_scale[None, None, :]
     blocks = math.ceil((total + cfg.codec_latency) / block) if total else 0  # the codec delays by its latency
-    state = runtime.new_state(1)
+    stream = LatentStream(runtime, 1)
     codec = StreamingCodec(cfg, 1)
     sketch_codec = StreamingCodec(cfg, 1) if sketch is not None else None
     fade = ConditioningFade(cfg, first)
@@ -105,10 +91,10 @@ def _stream(runtime, total, first, changes, guidance, steps, sampler, seed, sket
             part = sketch[k * block:(k + 1) * block]
             piece[0, :part.shape[0]] = part
             start = sketch_codec.encode(piece) / scale
-        latents = np.asarray(generate_block(runtime, state, start, strength, steps, sampler, fade.next(), noise,
-                                            guidance), np.float32)
+        latents = np.asarray(stream.step(start, fade.next(), noise, strength=strength, steps=steps, sampler=sampler,
+                                         guidance=guidance), np.float32)
         if k + 1 < blocks:
-            state = runtime.append_context(state, latents)
+            stream.append(latents)
         audio = codec.decode(latents * scale)[0]
         cut = min(drop, audio.shape[0])
         drop -= cut

@@ -10,9 +10,10 @@ codec and resampler latencies, reported as ``latency_samples``; the dry path is 
 function of the input sample stream, so it never depends on the host's buffer size: blocks are processed the
 moment they fill, and the wet FIFO starts with enough silence that it never runs dry.
 
-Conditioning (conditioning.py): style tags, the text prompt's embedding and, in jam mode, the accompaniment flag.
-Context K/V do not depend on it, so a change needs no cache rebuild; it cross-fades linearly over
-``PROMPT_CROSSFADE_BLOCKS`` blocks (the flag switches at once).
+The Session takes ``SessionParams`` (params.py), never a preset file: presets are resolved above it (io/presets.py).
+Conditioning (core/conditioning.py): style tags, the text prompt's embedding and, in jam mode, the accompaniment
+flag. Context K/V do not depend on it, so a change needs no cache rebuild; it cross-fades linearly over
+``PROMPT_CROSSFADE_BLOCKS`` blocks (the flag switches at once). The per-block model calls are a ``LatentStream``.
 
 Jam mode (models trained with ``accompaniment``): the context of block k is what was heard during it, the input
 plus the jam part that played (encoded by a second codec), and the part for block k + 1 is generated from noise
@@ -22,26 +23,24 @@ delay is exactly that horizon: it plays in time with the input. Strength and fee
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
 import numpy as np
 from pedalboard.io import StreamResampler
 
+from lmdm_engine.core.audio import channels_first
 from lmdm_engine.core.codec import StreamingCodec
-from lmdm_engine.core.conditioning import conditioning_vector, embed_prompt
-from lmdm_engine.core.config import ModelConfig
-from lmdm_engine.io.presets import DEFAULT_PRESET, Preset, load_preset, preset_from_dict, unplayable_reason
+from lmdm_engine.core.conditioning import ConditioningFade, prompt_conditioning
 from lmdm_engine.runtime.interface import Runtime
-from lmdm_engine.core.sampling import generate_block
+from lmdm_engine.runtime.latent_stream import LatentStream
+
+from .params import ParamsError, SessionParams, unplayable_reason
 
 # Sanitised input is clipped here: keeps a full-scale or runaway host signal from driving the model off its range.
 INPUT_LIMIT = 2.0
 # Mix changes ramp linearly over this many host samples (no zipper noise or clicks).
 MIX_RAMP_SECONDS = 0.01
-# A conditioning change (style, prompt) cross-fades over this many blocks.
-PROMPT_CROSSFADE_BLOCKS = 2
 
 
 @functools.lru_cache(maxsize=64)
@@ -59,33 +58,6 @@ def _resampler_lag(source_rate: int, target_rate: int) -> int:
     return int(math.ceil(lag)) + 1
 
 
-class ConditioningFade:
-    """A conditioning vector that moves to a new target linearly over PROMPT_CROSSFADE_BLOCKS blocks (one step a
-    block; a change mid-fade starts from the vector last used). The accompaniment flag switches at once."""
-
-    def __init__(self, config: ModelConfig, vector: np.ndarray):
-        self._flag = config.style_layout.get("accompaniment")
-        self.target = self.used = self._start = vector
-        self._done = PROMPT_CROSSFADE_BLOCKS
-
-    def set(self, vector: np.ndarray) -> None:
-        if not np.array_equal(vector, self.target):
-            self.target, self._start, self._done = vector, self.used, 0
-
-    def next(self) -> np.ndarray:
-        """The vector of the next block."""
-        if self._done >= PROMPT_CROSSFADE_BLOCKS:
-            self.used = self.target
-            return self.used
-        self._done += 1
-        w = self._done / PROMPT_CROSSFADE_BLOCKS
-        vec = ((1.0 - w) * self._start + w * self.target).astype(np.float32)
-        if self._flag:
-            vec[..., self._flag[0]] = self.target[..., self._flag[0]]
-        self.used = vec
-        return vec
-
-
 class ChannelResampler:
     """pedalboard's windowed-sinc StreamResampler, one per channel (its layout guess fails on 1- and 2-frame
     stereo buffers). Output is chunking-independent and time-aligned with the input."""
@@ -100,8 +72,8 @@ class ChannelResampler:
 class Session:
     """Generative delay for one track. ``process(buffer)`` takes ``[channels, frames]`` float32 (1-D for mono)."""
 
-    def __init__(self, runtime: Runtime, sample_rate: int, channels: int = 2, preset: Preset | str | None = None,
-                 **overrides):
+    def __init__(self, runtime: Runtime, sample_rate: int, channels: int = 2,
+                 params: SessionParams = SessionParams()):
         if int(sample_rate) != sample_rate or not 1000 <= sample_rate <= 768000:
             raise ValueError(f"sample_rate must be an integer in [1000, 768000] Hz, got {sample_rate}")
         if channels not in (1, 2):
@@ -110,14 +82,12 @@ class Session:
         self.config = runtime.config
         self.sample_rate = int(sample_rate)
         self.channels = channels
-        params = preset if isinstance(preset, Preset) else load_preset(preset or DEFAULT_PRESET)
-        self.params = preset_from_dict({**dataclasses.asdict(params), **overrides}, source="session parameters")
+        self.params = params
         self._latent_scale = runtime.latent_scale[None, None, :]
-        self._embedded = ("", None)  # the last prompt embedded and its embedding
         self.reset()
 
     # ---- parameters -----------------------------------------------------------------------------
-    def _block_frames_for(self, params: Preset) -> int:
+    def _block_frames_for(self, params: SessionParams) -> int:
         cfg = self.config
         frames = int(round(params.delay_seconds * cfg.sample_rate / cfg.hop))
         if not cfg.min_block_frames <= frames <= cfg.max_block_frames:
@@ -126,49 +96,33 @@ class Session:
             raise ValueError(f"delay_seconds={params.delay_seconds} is outside this model's range [{lo:.3f}, {hi:.3f}] s")
         return frames
 
-    def _embed(self, prompt: str) -> np.ndarray | None:
-        if not prompt:
-            return None
-        if prompt != self._embedded[0]:
-            try:
-                self._embedded = (prompt, embed_prompt(prompt, self.config))
-            except ValueError as e:
-                raise type(e)(f"prompt {prompt!r}: {e}") from None  # TextExtraMissing stays itself
-        return self._embedded[1]
-
-    def _conditioning(self, params: Preset) -> np.ndarray:
-        """The conditioning vector [channels, style_dim] of ``params`` (embeds a new prompt: TextExtraMissing when
+    def _conditioning(self, params: SessionParams) -> np.ndarray:
+        """The conditioning vector [channels, cond_dim] of ``params`` (embeds a new prompt: TextExtraMissing when
         free text needs the text extra)."""
         reason = unplayable_reason(params, self.config)
         if reason:
-            raise ValueError(f"preset {params.name!r}: {reason}")
-        vec = conditioning_vector(self.config, params.style, self._embed(params.prompt), params.mode == "jam")
+            raise ParamsError(SessionParams.SOURCE, reason)
+        vec = prompt_conditioning(self.config, params.style, params.prompt, params.mode == "jam")
         return np.repeat(vec[None], self.channels, 0)
 
-    def set_params(self, **changes) -> None:
-        """Change parameters between blocks (validated like a preset; a rejected change keeps the old ones). The
-        delay, strength, steps, sampler, guidance and mode apply from the next block; style and prompt cross-fade
-        over PROMPT_CROSSFADE_BLOCKS blocks; the mix ramps over 10 ms; a new seed restarts the noise stream."""
-        if "preset" in changes:
-            base = load_preset(changes.pop("preset"))
-        else:
-            base = self.params
-        merged = {**dataclasses.asdict(base), **changes}
-        params = preset_from_dict(merged, source="session parameters")
+    def set_params(self, params: SessionParams | None = None, /, **changes) -> None:
+        """Change parameters between blocks: to ``params`` (default: the current ones) with ``changes`` (fields of
+        SessionParams) on top. A rejected change keeps the old ones. The delay, strength, steps, sampler, guidance
+        and mode apply from the next block; style and prompt cross-fade over PROMPT_CROSSFADE_BLOCKS blocks; the
+        mix ramps over 10 ms; a new seed restarts the noise stream."""
+        params = params or self.params
+        if changes:
+            params = params.replace(**changes)
         self._block_frames_for(params)
-        style = self._conditioning(params)
+        cond = self._conditioning(params)
         if params.seed != self.params.seed:
             self._rng = np.random.default_rng(params.seed)
-        self._fade.set(style)
+        self._fade.set(cond)
         self.params = params
-
-    def set_preset(self, preset: Preset | str) -> None:
-        p = preset if isinstance(preset, Preset) else load_preset(preset)
-        self.set_params(**dataclasses.asdict(p))
 
     @property
     def conditioning(self) -> np.ndarray:
-        """The conditioning vector [channels, style_dim] the parameters ask for (blocks reach it after a fade)."""
+        """The conditioning vector [channels, cond_dim] the parameters ask for (blocks reach it after a fade)."""
         return self._fade.target
 
     # ---- latency and state ----------------------------------------------------------------------
@@ -191,7 +145,7 @@ class Session:
         self._codec = StreamingCodec(cfg, c)
         self._mix_codec = StreamingCodec(cfg, c)  # jam mode: encodes the input plus the part that played
         self._jamming = False  # the mode of the last block was jam
-        self._cache = self.runtime.new_state(c)
+        self._stream = LatentStream(self.runtime, c)  # the KV cache of what was heard
         self._context = np.zeros((c, cfg.max_block_frames, cfg.latent_dim), np.float32)  # latest context frames
         self._next_frames = self._block_frames_for(self.params)
         self._echo = np.zeros((c, self._next_frames, cfg.latent_dim), np.float32)  # echo playing now
@@ -218,15 +172,7 @@ class Session:
         return self._to_host.process(audio) if self._to_host is not None else audio
 
     def _sanitise(self, buffer) -> np.ndarray:
-        a = np.asarray(buffer)
-        if a.ndim == 1 and self.channels == 1:
-            a = a[None, :]
-        if a.ndim != 2 or a.shape[0] != self.channels:
-            raise ValueError(
-                f"expected a buffer of shape [{self.channels}, frames] (channels first), got shape {a.shape}")
-        if not np.issubdtype(a.dtype, np.floating):
-            raise ValueError(f"expected float audio, got dtype {a.dtype}")
-        a = a.astype(np.float32, copy=True)
+        a = channels_first(buffer, self.channels, "a buffer").astype(np.float32, copy=True)
         bad = ~np.isfinite(a)
         if bad.any():
             self.input_faults += 1
@@ -281,15 +227,15 @@ class Session:
             context = self._mix_codec.encode(block + self._played) / self._latent_scale
         else:
             context = (1.0 - p.feedback) * heard + p.feedback * self._echo
-        self._cache = self.runtime.append_context(self._cache, context)
+        self._stream.append(context)
         n = context.shape[1]
         self._context = np.concatenate([self._context[:, n:], context], 1)
         frames = self._block_frames_for(p)
         start = np.zeros_like(self._context[:, -frames:]) if jam else self._context[:, -frames:]
         shape = (1, frames, cfg.latent_dim)  # shared noise across channels keeps the echo's stereo image
         noise = lambda x: np.broadcast_to(self._rng.standard_normal(shape, np.float32), x.shape)
-        echo = generate_block(self.runtime, self._cache, start, 1.0 if jam else p.strength, p.steps, p.sampler,
-                              self._fade.next(), noise, p.guidance)
+        echo = self._stream.step(start, self._fade.next(), noise, strength=1.0 if jam else p.strength, steps=p.steps,
+                                 sampler=p.sampler, guidance=p.guidance)
         self._echo = np.asarray(echo, np.float32)
         self._next_frames = frames
         self.blocks_processed += 1

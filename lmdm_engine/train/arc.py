@@ -3,20 +3,20 @@
 Each training step, starting from the block-causal (lmdm) model:
 
 1. **Self rollout.** From a real context, the model streams ``rollout_blocks`` blocks on its own outputs with its
-   own KV cache, through the inference path (:meth:`Denoiser.append_context`, :meth:`Denoiser.velocity_cached`,
-   the samplers of sampling.py). Each block takes ``k`` sampling steps, ``k`` drawn from 1..``max_sampling_steps``;
-   only the last step carries gradient, so the generator learns to finish a block well from whatever its
+   own KV cache, through the inference path (a ``LatentStream``, as the Session and the evaluation rollout run).
+   Each block takes ``k`` sampling steps, ``k`` drawn from 1..``max_sampling_steps``; only the last step carries
+   gradient, so the generator learns to finish a block well from whatever its
    earlier steps (and its earlier blocks, through the cache) left it.
 2. **Re-noising.** Generated and real blocks of the same clips are noised to one random time ``t`` per pair
    (same noise), so the discriminator compares them at equal difficulty.
 3. **Discriminator.** A copy of the generator's first ``disc_layer`` DiT blocks (its middle layer by default) with
-   a small head on that layer's hidden states scores each block at its time, under its style, after the
+   a small head on that layer's hidden states scores each block at its time, under its conditioning, after the
    ``disc_context_blocks`` clean blocks before it (for a generated block: the stream it was generated after; for
    a real one: the real audio before it), so it judges continuations, not only blocks.
 4. **Losses** (relativistic pairing):
    generator ``softplus(D_real - D_fake)``; discriminator ``softplus(D_fake - D_real)`` plus
-   ``contrastive_weight * softplus(D(real, other style) - D(real, own style))``, which teaches the discriminator to
-   check the style conditioning (and so, through it, the generator).
+   ``contrastive_weight * softplus(D(real, other cond) - D(real, own cond))``, which teaches the discriminator to
+   check the conditioning (and so, through it, the generator).
 5. One generator step, then one discriminator step on the same (detached) rollout.
 """
 
@@ -24,21 +24,23 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import LatentClips
 from lmdm_engine.core.model import Denoiser
-from lmdm_engine.core.sampling import get_sampler, time_schedule
-from .loop import Batcher, TrainOptions, _lr, _prefixed, load_optimizer_tensors, optimizer_tensors, sample_times
+from lmdm_engine.runtime.latent_stream import LatentStream
+from lmdm_engine.runtime.torch import TensorRuntime
+
+from .batches import RolloutBatcher, sample_times
+from .data import LatentClips
+from .options import TrainOptions, learning_rate, load_optimizer_tensors, optimizer_tensors, prefixed
 
 
 class Discriminator(nn.Module):
     """ARC-Forcing discriminator built from the generator's own backbone: a copy of its input, conditioning and
     first ``layers`` DiT blocks, and a small per-frame head on the block's hidden state, averaged into one logit
-    per block. A block is scored at its re-noising time, under its style, after clean context frames (laid out as
+    per block. A block is scored at its re-noising time, under its conditioning, after clean context frames (laid out as
     in :meth:`Denoiser.velocity_outpaint`)."""
 
     def __init__(self, generator: Denoiser, layers: int):
@@ -53,77 +55,39 @@ class Discriminator(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, w), nn.SiLU(), nn.Linear(w, 1))
         self.head.to(generator.latent_scale.device)
 
-    def forward(self, context, x, t, style) -> torch.Tensor:
-        """Logits [B] of blocks x [B, L, D] (model space) at times t [B] with style [B, S] after clean context
+    def forward(self, context, x, t, cond) -> torch.Tensor:
+        """Logits [B] of blocks x [B, L, D] (model space) at times t [B] with cond [B, S] after clean context
         frames [B, C', D] (C' may be 0)."""
-        h = self.backbone.block_features(context, x, t, style, self.layers)  # [B, L, W]
+        h = self.backbone.block_features(context, x, t, cond, self.layers)  # [B, L, W]
         return self.head(h).mean((1, 2))  # [B, L, 1] -> [B]
 
 
-class RolloutBatcher(Batcher):
-    """Real data of a rollout batch: per clip a context of ``context_frames`` (a random crop) to start the stream
-    from, and ``rollout_blocks`` real blocks, each with the ``disc_context_blocks`` blocks before it, cut at random
-    from the same clip (the discriminator's real side, paired one to one with the generated blocks and sharing
-    their style)."""
-
-    def __init__(self, clips: LatentClips, config, options: TrainOptions, latent_scale: np.ndarray):
-        super().__init__(clips, config, options, latent_scale)
-        if options.disc_context_blocks * config.block_frames > config.context_frames:
-            raise ValueError(f"disc_context_blocks {options.disc_context_blocks} reaches past the model's context "
-                             f"of {config.context_frames} frames")
-
-    def next(self) -> dict:
-        o, cfg = self.options, self.config
-        c, length = cfg.context_frames, cfg.block_frames
-        span = (o.disc_context_blocks + 1) * length
-        lat = self.clips.latents
-        n, frames = o.batch_size, lat.shape[1]
-        idx = self.rng.integers(0, len(self.clips), n)
-        context_starts = self.rng.integers(0, frames - c + 1, n)
-        real_starts = self.rng.integers(0, frames - span + 1, (n, o.rollout_blocks))
-        context = np.stack([lat[i, s:s + c] for i, s in zip(idx, context_starts)]).astype(np.float32)
-        # [B, rollout_blocks, (disc_context_blocks + 1) L, D]
-        real = np.stack([[lat[i, s:s + span] for s in row] for i, row in zip(idx, real_starts)]).astype(np.float32)
-        return {"context": context / self.scale, "real": real / self.scale, "style": self._styles(idx)}
-
-
-def self_rollout(model: Denoiser, context: torch.Tensor, style: torch.Tensor, blocks: int, sampler: str,
+def self_rollout(model: Denoiser, context: torch.Tensor, cond: torch.Tensor, blocks: int, sampler: str,
                  draw_steps: Callable[[], int], noise: Callable) -> torch.Tensor:
     """Stream ``blocks`` blocks of ``config.block_frames`` after the clean ``context`` [B, F, D] (model space).
 
-    The context is fed in blocks (the last one aligned with its end), then each block is generated from noise
-    (strength 1) with ``draw_steps()`` steps of ``sampler`` against the cache and appended to it: the same calls,
-    in the same order, as :func:`lmdm_engine.evaluate.rollout` makes through a runtime. Every step but the last
-    runs without gradient, and the cache is built without gradient. Returns the blocks [B, blocks, L, D], each
-    differentiable through its last sampling step only.
+    A ``LatentStream`` on the model's tensors warms up on the context, then generates each block from noise
+    (strength 1) with ``draw_steps()`` steps of ``sampler`` and appends it: the stream the evaluation rollout runs
+    through a runtime. Every step but the last runs without gradient, and the cache is built without gradient.
+    Returns the blocks [B, blocks, L, D], each differentiable through its last sampling step only.
     """
-    b, length, dim = context.shape[0], model.config.block_frames, context.shape[2]
-    sample = get_sampler(sampler)
-    with torch.no_grad():
-        cache = model.empty_cache(b)
-        for end in range(context.shape[1], 0, -length)[::-1]:
-            cache = model.append_context(cache, context[:, max(0, end - length):end])
-    zeros = context.new_zeros(b, length, dim)
+    length = model.config.block_frames
+    stream = LatentStream(TensorRuntime(model), context.shape[0])
+    stream.warm(context, length)
+    zeros = context.new_zeros(context.shape[0], length, context.shape[2])
     out = []
     for _ in range(blocks):
-        def velocity(x, t, cache=cache):
-            return model.velocity_cached(cache, x, torch.full((b,), t, device=x.device), style)
-
-        schedule = time_schedule(draw_steps())
-        with torch.no_grad():
-            x = sample(velocity, noise(zeros), schedule[:-1], noise)  # all steps but the last: to schedule[-2]
-        block = sample(velocity, x, schedule[-2:], noise)  # the last step, with gradient
-        with torch.no_grad():
-            cache = model.append_context(cache, block.detach())
+        block = stream.step(zeros, cond, noise, steps=draw_steps(), sampler=sampler, early_steps=torch.no_grad)
+        stream.append(block)
         out.append(block)
     return torch.stack(out, 1)
 
 
-def mismatched_styles(style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each clip's style swapped for the next clip's (a roll of the batch), and a mask [B] of the pairs where
-    that is a real mismatch (both styles given, and different)."""
-    other = style.roll(1, 0)
-    valid = style.any(-1) & other.any(-1) & (style != other).any(-1)
+def mismatched_conditioning(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each clip's conditioning vector swapped for the next clip's (a roll of the batch), and a mask [B] of the
+    pairs where that is a real mismatch (both given, and different)."""
+    other = cond.roll(1, 0)
+    valid = cond.any(-1) & other.any(-1) & (cond != other).any(-1)
     return other, valid
 
 
@@ -162,9 +126,9 @@ class ArcForcing:
         context = torch.from_numpy(batch["context"]).to(dev)
         real = torch.from_numpy(batch["real"]).to(dev).flatten(0, 1)  # [B, N, F, D] -> [B N, F, D]
         real_context, real = real[:, :seen * length], real[:, seen * length:]
-        style = torch.from_numpy(batch["style"]).to(dev)
-        block_style = style.repeat_interleave(o.rollout_blocks, 0)  # [B, S] -> [B N, S], the order of flatten(0, 1)
-        fake = self_rollout(self.model, context, style, o.rollout_blocks, o.sampler, self._draw_steps, self._noise)
+        cond = torch.from_numpy(batch["cond"]).to(dev)
+        block_cond = cond.repeat_interleave(o.rollout_blocks, 0)  # [B, S] -> [B N, S], the order of flatten(0, 1)
+        fake = self_rollout(self.model, context, cond, o.rollout_blocks, o.sampler, self._draw_steps, self._noise)
         stream = torch.cat([context, fake.detach().flatten(1, 2)], 1)  # [B, C + N L, D]
         # the stream before each generated block: [B, N, seen L, D] -> [B N, seen L, D]
         fake_context = torch.stack([stream[:, c + j * length - seen * length:c + j * length]
@@ -175,7 +139,7 @@ class ArcForcing:
         self.disc.requires_grad_(False)
         real_t, fake_t, t = self._renoised(real, fake)
         scores = self.disc(torch.cat([real_context, fake_context]), torch.cat([real_t, fake_t]), t.repeat(2),
-                           block_style.repeat(2, 1))
+                           block_cond.repeat(2, 1))
         d_real, d_fake = scores.chunk(2)
         g_loss = F.softplus(d_real - d_fake).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -184,14 +148,14 @@ class ArcForcing:
         optimizer.step()
         self.disc.requires_grad_(True)
 
-        # discriminator step on the same rollout, re-noised afresh; real blocks also under mismatched styles
+        # discriminator step on the same rollout, re-noised afresh; real blocks also under mismatched conditioning
         for group in self.disc_optimizer.param_groups:
-            group["lr"] = _lr(o, step) * o.disc_lr / o.lr
+            group["lr"] = learning_rate(o, step) * o.disc_lr / o.lr
         real_t, fake_t, t = self._renoised(real, fake.detach())
-        other, valid = mismatched_styles(style)
-        other_style = other.repeat_interleave(o.rollout_blocks, 0)  # [B, S] -> [B N, S]
+        other, valid = mismatched_conditioning(cond)
+        other_cond = other.repeat_interleave(o.rollout_blocks, 0)  # [B, S] -> [B N, S]
         scores = self.disc(torch.cat([real_context, fake_context, real_context]), torch.cat([real_t, fake_t, real_t]),
-                           t.repeat(3), torch.cat([block_style, block_style, other_style]))
+                           t.repeat(3), torch.cat([block_cond, block_cond, other_cond]))
         d_real, d_fake, d_mismatched = scores.chunk(3)
         d_loss = F.softplus(d_fake - d_real).mean()
         pair_valid = valid.repeat_interleave(o.rollout_blocks).float()
@@ -210,5 +174,5 @@ class ArcForcing:
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`state_tensors`."""
-        self.disc.load_state_dict(_prefixed(tensors, "disc."))
-        load_optimizer_tensors(self.disc, self.disc_optimizer, _prefixed(tensors, "disc_optim."))
+        self.disc.load_state_dict(prefixed(tensors, "disc."))
+        load_optimizer_tensors(self.disc, self.disc_optimizer, prefixed(tensors, "disc_optim."))

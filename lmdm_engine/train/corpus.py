@@ -8,9 +8,9 @@ come from ``config.STYLE_VOCAB``: the timbre families heard plus the production 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 import json
 import multiprocessing
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from lmdm_engine.core.codec import CODEC_VERSION, encode_clip
 from lmdm_engine.core.conditioning import conditioning_vectors
 from lmdm_engine.core.config import ModelConfig
+from lmdm_engine.core.files import atomic_write
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3")
 
@@ -48,9 +49,9 @@ class LatentClips:
         return len(self.names)
 
     def conditioning(self, config: ModelConfig, idx) -> np.ndarray:
-        """Conditioning vectors [n, style_dim] of clips ``idx``: their tags and (text models) first caption."""
+        """Conditioning vectors [n, cond_dim] of clips ``idx``: their tags and (text models) first caption."""
         prompts = None
-        if "text" in config.style_layout:
+        if "text" in config.cond_layout:
             if self.captions is None:
                 raise ValueError("a text model needs captioned clips (the procedural corpus)")
             prompts = self.captions[idx, 0]
@@ -79,10 +80,13 @@ def _cached(cache_path: Path, build) -> LatentClips:
         with np.load(cache_path, allow_pickle=False) as z:
             return LatentClips(z["latents"], z["styles"], list(z["names"]))
     clips = build()
-    tmp = cache_path.with_name(cache_path.stem + ".tmp.npz")
-    np.savez(tmp, latents=clips.latents, styles=clips.styles, names=np.array(clips.names))
-    tmp.replace(cache_path)
+    _save_npz(cache_path, latents=clips.latents, styles=clips.styles, names=np.array(clips.names))
     return clips
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    with atomic_write(path) as partial, open(partial, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def corpus_clips(corpus_dir: str | Path, config: ModelConfig, split: str) -> LatentClips:
@@ -117,8 +121,9 @@ CAPTIONS_PER_CLIP = 8
 
 def corpus_captions(corpus_dir: Path, rows: list[dict], encoder: str, split: str) -> np.ndarray:
     """Embeddings [N, CAPTIONS_PER_CLIP, E] (float16) of "seen"-phrasing captions of each row's clip, cached."""
-    from .captions import CAPTIONS_VERSION, clip_captions
     from lmdm_engine.core.conditioning import encode_text
+
+    from .captions import CAPTIONS_VERSION, clip_captions
 
     path = corpus_dir / f"captions-{split}-{encoder}-v{CAPTIONS_VERSION}.npz"
     if path.is_file():
@@ -129,9 +134,7 @@ def corpus_captions(corpus_dir: Path, rows: list[dict], encoder: str, split: str
     emb = np.concatenate([encode_text(texts[i:i + 1024], encoder)
                           for i in tqdm(range(0, len(texts), 1024), desc=f"embedding {split} captions", leave=False)])
     emb = emb.reshape(len(rows), CAPTIONS_PER_CLIP, -1).astype(np.float16)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, embeddings=emb, texts=np.array(texts), files=np.array([r["file"] for r in rows]))
-    tmp.replace(path)
+    _save_npz(path, embeddings=emb, texts=np.array(texts), files=np.array([r["file"] for r in rows]))
     return emb
 
 
@@ -170,10 +173,8 @@ def corpus_jam_pairs(corpus_dir: Path, rows: list[dict], config: ModelConfig, sp
         captions = encode_text(texts, config.text_encoder).reshape(len(picked), 2, CAPTIONS_PER_CLIP, -1)
         captions = captions.astype(np.float16)
     pairs = JamPairs(np.array(picked), np.stack(stems).astype(np.float16), styles, captions)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, clip=pairs.clip, stems=pairs.stems, styles=pairs.styles,
-             captions=captions if captions is not None else np.zeros(0, np.float16))
-    tmp.replace(path)
+    _save_npz(path, clip=pairs.clip, stems=pairs.stems, styles=pairs.styles,
+              captions=captions if captions is not None else np.zeros(0, np.float16))
     return pairs
 
 
@@ -207,7 +208,7 @@ def folder_clips(folder: str | Path, config: ModelConfig, split: str, seconds: f
                 names.append(f"{p.relative_to(folder)}#{i}")
         if not latents:
             raise ValueError(f"{folder}: every file in split {split!r} is shorter than {seconds} s")
-        styles = np.zeros((len(latents), config.style_dim), np.float32)
+        styles = np.zeros((len(latents), len(config.style_vocab)), np.float32)
         return LatentClips(np.stack(latents).astype(np.float16), styles, names)
 
     key = hashlib.sha1("|".join(str(p) for p in chosen).encode()).hexdigest()[:8]

@@ -1,7 +1,7 @@
 """Evaluation: Frechet distance on log-mel statistics of generated continuations against held-out audio.
 
 From each held-out clip, the first ``context_frames`` latent frames are the context; the model rolls out
-``blocks`` blocks with its KV cache (strength 1: free continuation, style from the clip's tags). The log-mel
+``blocks`` blocks with its KV cache (strength 1: free continuation, conditioned on the clip's tags). The log-mel
 frames of all continuations are compared, as one set, with those of the real continuations. References:
 - ``repeat_last_block``: the last context block repeated: real audio, no novelty (the realism ceiling);
 - ``untrained``: the same architecture with fresh weights (and no fitted latent scale);
@@ -19,31 +19,32 @@ import numpy as np
 
 from lmdm_engine.core.codec import decode_clip
 from lmdm_engine.core.config import ModelConfig
-from .data import LatentClips
+from lmdm_engine.core.files import atomic_write
 from lmdm_engine.core.metrics import frechet_distance, log_mel, mel_statistics
 from lmdm_engine.runtime.interface import Runtime
-from lmdm_engine.core.sampling import generate_block
+from lmdm_engine.runtime.latent_stream import LatentStream
+
+from .data import LatentClips
 
 
 def rollout(runtime: Runtime, context: np.ndarray, blocks: int, block_frames: int, steps: int, sampler: str,
-            style: np.ndarray, seed: int = 0) -> np.ndarray:
+            cond: np.ndarray, seed: int = 0) -> np.ndarray:
     """Continue codec latents ``context`` [B, F, D] by ``blocks`` blocks; returns codec latents [B, blocks*L, D].
 
-    The context is fed in blocks of ``block_frames`` (its last block aligned with its end), then each generated
-    block is appended to the cache before the next one: the same streaming path as the Session.
+    A ``LatentStream`` warms up on the context, then each generated block is appended to the cache before the
+    next one: the streaming path of the Session and of ARC-Forcing's self-rollout.
     """
     rng = np.random.default_rng(seed)
     scale = runtime.latent_scale[None, None, :]
     x = context / scale
-    state = runtime.new_state(x.shape[0])
-    for end in range(x.shape[1], 0, -block_frames)[::-1]:
-        state = runtime.append_context(state, x[:, max(0, end - block_frames):end])
+    stream = LatentStream(runtime, x.shape[0])
+    stream.warm(x, block_frames)
     noise = lambda a: rng.standard_normal(a.shape).astype(np.float32)
     out = []
     zeros = np.zeros((x.shape[0], block_frames, x.shape[2]), np.float32)
     for _ in range(blocks):
-        block = np.asarray(generate_block(runtime, state, zeros, 1.0, steps, sampler, style, noise), np.float32)
-        state = runtime.append_context(state, block)
+        block = np.asarray(stream.step(zeros, cond, noise, steps=steps, sampler=sampler), np.float32)
+        stream.append(block)
         out.append(block)
     return np.concatenate(out, 1) * scale
 
@@ -63,17 +64,17 @@ def evaluate(runtime: Runtime, clips: LatentClips, untrained: Runtime | None = N
     if lat.shape[1] < c + blocks * L:
         raise ValueError(f"held-out clips have {lat.shape[1]} frames; need {c + blocks * L}")
     context, real = lat[:, :c], lat[:, c:c + blocks * L]
-    style = clips.conditioning(cfg, np.arange(n))  # tags (and, for text models, a caption)
+    cond = clips.conditioning(cfg, np.arange(n))  # tags (and, for text models, a caption)
     real_stats = _mel_stats(cfg, real)
     rng = np.random.default_rng(seed)
     candidates = {
-        "model": rollout(runtime, context, blocks, L, steps, sampler, style, seed),
+        "model": rollout(runtime, context, blocks, L, steps, sampler, cond, seed),
         "repeat_last_block": np.tile(context[:, -L:], (1, blocks, 1)),
         "noise_latents": rng.standard_normal(real.shape).astype(np.float32),
         "shaped_noise": rng.standard_normal(real.shape).astype(np.float32) * runtime.latent_scale,
     }
     if untrained is not None:
-        candidates["untrained"] = rollout(untrained, context, blocks, L, steps, sampler, style, seed)
+        candidates["untrained"] = rollout(untrained, context, blocks, L, steps, sampler, cond, seed)
     result = {name: frechet_distance(*_mel_stats(cfg, z), *real_stats) for name, z in candidates.items()}
     result["settings"] = {"clips": n, "blocks": blocks, "block_frames": L, "steps": steps, "sampler": sampler,
                           "seed": seed, "context_frames": c}
@@ -93,5 +94,6 @@ def evaluation_table(result: dict) -> str:
 def write_result(result: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    with atomic_write(path) as partial:
+        partial.write_text(json.dumps(result, indent=2) + "\n")
     return path
