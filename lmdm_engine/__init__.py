@@ -1,4 +1,5 @@
-"""LMDM engine: config, codec, denoiser, samplers, runtimes, the Session, presets, training and evaluation."""
+"""The LMDM engine, in layers (README, Layout): core/ (the model), runtime/ (what runs it), stream/ (the Session,
+generation), io/ (presets, chains, the effect, batch files), train/ (beside stream), cli/ (the lmdm command)."""
 
 import os
 import sys

@@ -133,3 +133,13 @@ def test_the_graph_is_read():
     assert "lmdm_engine.runtime.latent_stream" in GRAPH["lmdm_engine.train.arc"]
     assert "lmdm_bridge.wire.osc" in GRAPH["lmdm_bridge.wire.blocks"]
     assert "lmdm_engine.stream.session" in GRAPH["lmdm_export.verify"]
+
+
+def test_the_readme_layout_names_every_layer():
+    """The README's layout table lists every sub-package folder (a new layer cannot go unexplained)."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Layout"):readme.index("\n## ", readme.index("## Layout") + 1)]
+    for folder in PACKAGE_DIRS.values():
+        for init in sorted((ROOT / folder).glob("*/__init__.py")):
+            sub = init.parent.relative_to(ROOT).as_posix()
+            assert f"`{sub}/" in table or f"`{init.parent.name}/`" in table, f"README layout lacks {sub}/"

