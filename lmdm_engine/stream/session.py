@@ -78,6 +78,9 @@ class Session:
             raise ValueError(f"sample_rate must be an integer in [1000, 768000] Hz, got {sample_rate}")
         if channels not in (1, 2):
             raise ValueError(f"channels must be 1 (mono) or 2 (stereo), got {channels}")
+        if not isinstance(params, SessionParams):
+            raise TypeError(f"params must be SessionParams (a preset's are load_preset(name).params), got "
+                            f"{type(params).__name__}")
         self.runtime = runtime
         self.config = runtime.config
         self.sample_rate = int(sample_rate)
