@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def cmd_export(args) -> int:
+    from lmdm_engine.core.codec import Codec
     from lmdm_engine.core.config import ConfigError
     from lmdm_engine.core.model import Denoiser
 
@@ -16,11 +17,12 @@ def cmd_export(args) -> int:
     source = Path(args.checkpoint)
     try:
         model = Denoiser.from_pretrained(source)
+        codec = Codec.load(source, model.config)
     except (ConfigError, FileNotFoundError) as e:
         raise SystemExit(f"lmdm export: {e}")
     out = Path(args.output) if args.output else default_output(source)
     start = time.time()
-    manifest = export_model(model, out, source=source.name)
+    manifest = export_model(model, codec, out, source=source.name)
     size = sum(f.stat().st_size for f in out.glob("*.onnx")) / 2**20
     print(f"exported {source} -> {out} ({size:.1f} MB of ONNX, {time.time() - start:.1f} s); manifest {manifest}")
     if not args.verify:

@@ -4,6 +4,7 @@
     DIR/codec_encode.onnx    audio -> model-space latents, streaming state in and out
     DIR/codec_decode.onnx    model-space latents -> audio, streaming state in and out
     DIR/manifest.json        everything a host needs (shapes, names, schedule, presets, the host loop)
+    DIR/codec.safetensors    the codec basis (the codec graphs hold it too), for the numpy codec of the runtime
 
 The manifest (less the file digests) is also stored in every graph's ONNX metadata under ``lmdm.manifest``.
 """
@@ -20,6 +21,7 @@ import onnx
 import torch
 from torch import nn
 
+from lmdm_engine.core.codec import Codec
 from lmdm_engine.core.conditioning import prompt_conditioning
 from lmdm_engine.core.config import ModelConfig
 from lmdm_engine.core.files import atomic_write
@@ -94,8 +96,9 @@ def step_signature(config: ModelConfig) -> tuple[list[dict], list[dict]]:
 
 def codec_signature(config: ModelConfig) -> dict:
     bins, hop, d = config.n_fft // 2 + 1, config.hop, config.latent_dim
-    enc_state = [("encoder_history", ["channels", hop], "float32"), ("encoder_phase", ["channels", bins], "float64")]
-    dec_state = [("decoder_overlap", ["channels", hop], "float32"), ("decoder_phase", ["channels", bins], "float64")]
+    enc_state = [("encoder_history", ["channels", hop], "float32")]
+    dec_state = [("decoder_overlap", ["channels", hop], "float32"), ("decoder_phase", ["channels", bins], "float64"),
+                 ("decoder_frequency", ["channels", bins], "float64")]
     audio, latents = ("audio", ["channels", "samples"], "float32"), ("latents", ["channels", "frames", d], "float32")
     return {
         "codec_encode": ([_io(*audio)] + [_io(*e) for e in enc_state],
@@ -155,8 +158,8 @@ def build_manifest(config: ModelConfig, latent_scale: np.ndarray, parameters: in
         },
         "graphs": graphs,
         "state": {"denoiser_step": state,
-                  "codec_encode": {"encoder_history": "present.encoder_history", "encoder_phase": "present.encoder_phase"},
-                  "codec_decode": {"decoder_overlap": "present.decoder_overlap", "decoder_phase": "present.decoder_phase"},
+                  **{name: {io["name"]: present_name(io["name"]) for io in inputs[1:]}
+                     for name, (inputs, _) in codec_signature(config).items()},
                   "initial": "zeros (context_valid: false)"},
         "sampler": {
             "schedule": "times[i] = shift * u / (1 + (shift - 1) * u), u = strength * (1 - i / steps), i = 0..steps",
@@ -204,8 +207,9 @@ def _stamp(path: Path, graph: str, manifest: dict) -> None:
     onnx.save(model, str(path))
 
 
-def export_model(model: Denoiser, out_dir: str | Path, source: str = "") -> Path:
-    """Write the three graphs and the manifest for ``model`` into ``out_dir``; returns the manifest path.
+def export_model(model: Denoiser, codec: Codec, out_dir: str | Path, source: str = "") -> Path:
+    """Write the three graphs, the codec basis and the manifest for ``model`` into ``out_dir``; returns the
+    manifest path.
 
     Files are written under temporary names and renamed at the end, so a failed export leaves no half folder."""
     out = Path(out_dir)
@@ -223,9 +227,10 @@ def export_model(model: Denoiser, out_dir: str | Path, source: str = "") -> Path
                 export_step(model, partial)
             else:
                 build = build_encoder if name == "codec_encode" else build_decoder
-                onnx.save(build(cfg, latent_scale), str(partial))
+                onnx.save(build(codec, latent_scale), str(partial))
             _stamp(partial, name, manifest)
             entry["sha256"] = file_digest(partial)
+    codec.save(out)
     path = out / MANIFEST_NAME
     with atomic_write(path) as partial:
         partial.write_text(json.dumps(manifest, indent=1) + "\n")

@@ -17,7 +17,7 @@ from lmdm_engine.train.evaluate import rollout
 from lmdm_engine.train.loop import train
 from lmdm_engine.train.options import TrainOptions
 
-from conftest import random_model
+from conftest import codec_for, debug_torch_runtime, random_model, save_debug_model
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def corpus(tmp_path_factory):
 def lmdm_dir(tmp_path_factory):
     """A block-causal debug model to post-train (random weights, output layers included)."""
     folder = tmp_path_factory.mktemp("lmdm")
-    random_model(seed=1).save_pretrained(folder)
+    save_debug_model(random_model(seed=1), folder)
     return folder
 
 
@@ -55,7 +55,7 @@ def test_rollout_equals_the_inference_rollout(sampler, monkeypatch):
     context = rng.standard_normal((2, 2 * cfg.block_frames, cfg.latent_dim)).astype(np.float32)  # model space
     cond = np.eye(2, cfg.cond_dim, dtype=np.float32)
     scale = model.latent_scale.numpy()
-    expected = rollout(TorchRuntime(model, "cpu"), context * scale, 3, cfg.block_frames, 2, sampler, cond, seed=5)
+    expected = rollout(debug_torch_runtime(model), context * scale, 3, cfg.block_frames, 2, sampler, cond, seed=5)
 
     calls = []
     step = Denoiser.step
@@ -131,7 +131,7 @@ def test_each_loss_changes_its_weights(corpus, lmdm_dir, disc_context_blocks):
     def run(**kw):
         torch.manual_seed(0)
         model = Denoiser.from_pretrained(lmdm_dir)
-        clips = load_clips(corpus, model.config, "train")
+        clips = load_clips(corpus, codec_for(model), "train")
         options = arc_options(disc_context_blocks=disc_context_blocks, **kw)
         stage = ArcForcing(model, clips, options, torch.Generator().manual_seed(0))
         before = {k: v.clone() for k, v in model.state_dict().items()}

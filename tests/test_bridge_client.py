@@ -7,7 +7,7 @@ from lmdm_bridge import BlockFlag, BridgeClient, BridgeEffect
 from lmdm_engine.core.audio import tone
 from lmdm_engine.stream.session import Session
 
-from conftest import preset_params
+from conftest import debug_torch_runtime, preset_params
 from test_bridge_support import DELAY, running_bridge
 
 
@@ -81,7 +81,7 @@ def test_jam_and_a_live_prompt_over_the_bridge_equal_a_local_session():
 
     from conftest import random_model
 
-    runtime = TorchRuntime(random_model(3, text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True), "cpu")
+    runtime = debug_torch_runtime(random_model(3, text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True))
     x = tone(1.2, 48000, seed=5)
     half = x.shape[1] // 2
     with running_bridge(runtime) as thread:

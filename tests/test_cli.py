@@ -10,6 +10,8 @@ import soundfile as sf
 from lmdm_engine.cli import build_parser, main
 from lmdm_engine.core.audio import tone
 
+from conftest import envelope_lag, save_debug_model
+
 
 def test_process_a_short_file(tmp_path, debug_model_dir, capsys):
     src, dst, png = tmp_path / "in.wav", tmp_path / "out" / "echo.wav", tmp_path / "echo.png"
@@ -93,7 +95,7 @@ def text_model_dir(tmp_path_factory):
     from conftest import random_model
 
     folder = tmp_path_factory.mktemp("text_model")
-    random_model(6, text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True).save_pretrained(folder)
+    save_debug_model(random_model(6, text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True), folder)
     return folder
 
 
@@ -118,12 +120,10 @@ def test_generate_follows_a_sketch_in_time(tmp_path, text_model_dir):
     got, sr = sf.read(out, dtype="float32")
     want = audio.mean(0)
     assert sr == 44100 and got.shape == want.shape
-    # strength 0: the sketch through the codec and two resamplings, time-aligned within pedalboard's resamplers'
-    # fraction of a model sample (a mis-trimmed codec latency would be 176 samples off)
-    lags = np.arange(-200, 201)
-    scores = [np.dot(got[max(0, l): len(got) + min(0, l)], want[max(0, -l): len(want) - max(0, l)]) for l in lags]
-    assert abs(lags[int(np.argmax(scores))]) <= 3
-    assert np.corrcoef(got, want)[0, 1] > 0.95
+    # strength 0: the sketch through the codec and two resamplings, its envelope time-aligned within 1 ms (a
+    # mis-trimmed codec latency would be 4 ms off)
+    lag, match = envelope_lag(got, want, 44100, 441)
+    assert abs(lag) <= 44 and match > 0.5
 
 
 def test_generate_errors_are_clear(tmp_path, text_model_dir, debug_model_dir, capsys, monkeypatch):

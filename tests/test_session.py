@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from lmdm_engine.core.audio import tone
+from lmdm_engine.core.codec import StreamingCodec
 from lmdm_engine.core.conditioning import PROMPT_CROSSFADE_BLOCKS
 from lmdm_engine.core.metrics import snr_db
 from lmdm_engine.stream.session import Session
 
-from conftest import Recording, preset_params
+from conftest import Recording, debug_torch_runtime, envelope_lag, preset_params
 
 SR = 48000
 
@@ -41,6 +42,8 @@ def test_output_does_not_depend_on_host_buffer_size(debug_runtime, buffer):
 
 @pytest.mark.parametrize("sample_rate", [8000, 44100, 48000])
 def test_strength_zero_is_a_pure_delay_of_latency_samples(debug_runtime, sample_rate):
+    """Strength 0: the echo is the input through the codec, latency_samples late (the codec rebuilds phases from
+    magnitudes, so it is the codec's round trip that lands there, not the waveform)."""
     s = make(debug_runtime, sample_rate, channels=1, strength=0.0, feedback=0.0, mix=1.0)
     audio = tone(1.0, sample_rate, channels=1)
     if sample_rate != debug_runtime.config.sample_rate:  # keep the test signal inside the model's band
@@ -48,13 +51,15 @@ def test_strength_zero_is_a_pure_delay_of_latency_samples(debug_runtime, sample_
     out = s.process(audio)
     lat = s.latency_samples
     if sample_rate == debug_runtime.config.sample_rate:
-        assert snr_db(audio[:, :-lat], out[:, lat:]) > 50.0
-    else:  # through the resamplers the echo lands at latency_samples within 0.2 ms, band-limited but intact
-        corr = np.correlate(out[0], audio[0, : sample_rate // 2], "valid")
-        peak = int(np.argmax(corr))
-        assert abs(peak - lat) <= sample_rate // 5000
-        skip = sample_rate // 10
-        assert snr_db(audio[:, skip:-peak], out[:, peak + skip:]) > 25.0
+        heard = StreamingCodec(debug_runtime.codec, 1)
+        roundtrip = heard.decode(heard.encode(audio[:, : audio.shape[1] // debug_runtime.config.hop
+                                                    * debug_runtime.config.hop]))
+        n = min(roundtrip.shape[1] - debug_runtime.config.codec_latency, out.shape[1] - lat)
+        np.testing.assert_allclose(out[:, lat:lat + n], roundtrip[:, debug_runtime.config.codec_latency:][:, :n],
+                                   atol=1e-5)
+    else:  # through the resamplers the echo lands at latency_samples within 1 ms (a mis-trimmed codec latency: 4)
+        lag, match = envelope_lag(out[0, lat:], audio[0, :-lat], sample_rate, sample_rate // 100)
+        assert abs(lag) <= sample_rate // 1000 and match > 0.5
 
 
 def _lowpassed(audio, sample_rate):
@@ -250,7 +255,7 @@ def jam_runtime():
 
     from conftest import random_model
 
-    return TorchRuntime(random_model(4, accompaniment=True), "cpu")
+    return debug_torch_runtime(random_model(4, accompaniment=True))
 
 
 def make_jam(runtime, channels=1, **params):
@@ -281,15 +286,13 @@ def test_jam_is_one_in_one_out_and_plays_a_block_ahead(jam_runtime, buffer):
 
 
 def test_jam_context_is_what_was_heard_input_plus_the_part_that_played(jam_runtime):
-    from lmdm_engine.core.codec import StreamingCodec
-
     cfg = jam_runtime.config
     rt = Recording(jam_runtime)
     s = make_jam(rt)
     block = s.block_frames * cfg.hop
     audio = tone(0.8, cfg.sample_rate, 1)[:, : 6 * block]
     out = s.process(audio)  # mix 1 at the model rate: the output is the part as it played
-    codec = StreamingCodec(cfg, 1)
+    codec = StreamingCodec(jam_runtime.codec, 1)
     for k, frames in enumerate(rt.appended):
         heard = audio[:, k * block:(k + 1) * block] + out[:, k * block:(k + 1) * block]
         want = codec.encode(heard) / jam_runtime.latent_scale  # (out is dry + (wet - dry): float round-off)

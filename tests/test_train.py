@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from lmdm_engine.core.codec import Codec
 from lmdm_engine.core.config import debug_config
 from lmdm_engine.core.model import Denoiser
 from lmdm_engine.train.corpus import write_corpus
@@ -34,7 +35,7 @@ def test_outpaint_then_lmdm(tmp_path, corpus):
     outpaint = train(tmp_path / "outpaint", corpus, options("outpaint"), config=cfg, progress=False)
     first = Denoiser.from_pretrained(outpaint)
     assert first.config.attention == "bidirectional"
-    clips = load_clips(corpus, cfg, "train")
+    clips = load_clips(corpus, Codec.load(outpaint), "train")
     np.testing.assert_allclose(first.latent_scale.numpy(), fit_latent_scale(clips), rtol=1e-6)
     assert first.out_proj.weight.abs().sum() > 0  # trained away from the zero init
     assert all(np.isfinite(losses(tmp_path / "outpaint")))
@@ -91,7 +92,7 @@ def test_text_and_jam_conditioning_added_to_a_trained_model(tmp_path_factory, tm
     tags = len(model.config.style_vocab)
     assert model.cond_proj.weight[:, tags:].abs().sum() > 0  # the new columns trained away from zero
 
-    clips = load_clips(corpus, model.config, "train")
+    clips = load_clips(corpus, Codec.load(run, model.config), "train")
     assert clips.captions.shape[1:] == (8, 384) and len(clips.jam) > 0
     batcher = Batcher(clips, model.config, options("lmdm", jam_fraction=1.0, style_dropout=0.0, text_dropout=0.0,
                                                    batch_size=6), model.latent_scale.numpy())

@@ -40,7 +40,7 @@ class BatchingRuntime:
         self.runtime = runtime
         self.name = f"{runtime.name}+batching"
         self.config = runtime.config
-        self.latent_scale = runtime.latent_scale
+        self.latent_scale, self.codec = runtime.latent_scale, runtime.codec
         self.parallel = parallel or os.cpu_count() or 1
         self._helpers = ThreadPoolExecutor(self.parallel - 1, "lmdm-batch") if self.parallel > 1 else None
         self._lock = threading.Condition()

@@ -65,9 +65,9 @@ def cmd_eval(args) -> int:
 
     model = Path(args.model) if args.model else default_model_dir()
     runtime = load_runtime(model, backend="torch")
-    clips = load_clips(_ensure_data(args), runtime.config, "heldout")
+    clips = load_clips(_ensure_data(args), runtime.codec, "heldout")
     torch.manual_seed(args.seed)
-    untrained = TorchRuntime(Denoiser(runtime.config.replace(extra={})))
+    untrained = TorchRuntime(Denoiser(runtime.config.replace(extra={})), runtime.codec)
     result = evaluate(runtime, clips, untrained, blocks=args.blocks, steps=args.steps, sampler=args.sampler,
                       max_clips=args.clips, seed=args.seed)
     result["model_dir"] = str(model)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .files import atomic_write
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: the log-magnitude PCA codec (latent_size, log_floor)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -33,13 +33,13 @@ class ModelConfig:
     """Codec + denoiser hyper-parameters. Sizes are in latent frames unless the name says samples."""
 
     version: int = CONFIG_VERSION
-    # Codec: amplitude-compressed complex STFT (see codec.py). 22,050 Hz keeps the spectrum musicians hear
-    # most (to 11 kHz) while halving the frames a 2-core CPU must generate in real time versus 44.1 kHz.
+    # Codec: log-magnitude STFT on a fitted PCA basis, peak-locked phases (see codec.py). 22,050 Hz keeps the
+    # spectrum musicians hear most (to 11 kHz) while halving the frames a 2-core CPU must generate versus 44.1 kHz.
     sample_rate: int = 22050
     n_fft: int = 1024
     hop: int = 512
-    compression: float = 0.5  # |X|^compression, sign/phase kept: exactly invertible
-    latent_gain: float = 0.25  # global scale so typical music latents have unit-order values
+    latent_size: int = 128  # principal components of the log-magnitude kept per frame
+    log_floor: float = 1e-3  # log(|X| + log_floor): magnitudes far below it are not told apart
     # Denoiser: block-causal DiT.
     width: int = 192
     depth: int = 6
@@ -66,8 +66,8 @@ class ModelConfig:
     # ---- derived sizes -------------------------------------------------------------------------
     @property
     def latent_dim(self) -> int:
-        """Channels of one latent frame: real and imaginary parts of n_fft // 2 + 1 bins."""
-        return 2 * (self.n_fft // 2 + 1)
+        """Channels of one latent frame: the codec's principal components."""
+        return self.latent_size
 
     @property
     def context_frames(self) -> int:
@@ -115,7 +115,8 @@ class ModelConfig:
         need(self.sample_rate > 0, "sample_rate", "must be positive")
         need(self.n_fft > 0 and self.n_fft % 2 == 0, "n_fft", "must be a positive even number")
         need(self.n_fft == 2 * self.hop, "hop", "must be n_fft / 2 (sqrt-Hann overlap-add reconstructs exactly)")
-        need(0 < self.compression <= 1, "compression", "must be in (0, 1]")
+        need(1 <= self.latent_size <= self.n_fft // 2 + 1, "latent_size", "must be in [1, n_fft / 2 + 1]")
+        need(self.log_floor > 0, "log_floor", "must be positive")
         need(self.width % self.heads == 0, "width", "must be divisible by heads")
         need((self.width // self.heads) % 2 == 0, "heads", "width / heads must be even (rotary embedding)")
         need(self.depth >= 1, "depth", "must be >= 1")
@@ -172,7 +173,7 @@ class ModelConfig:
 
 def debug_config(**overrides) -> ModelConfig:
     """A tiny config that builds in milliseconds, for tests."""
-    base = dict(sample_rate=8000, n_fft=64, hop=32, width=32, depth=2, heads=2, block_frames=16, window_blocks=3,
-                min_block_frames=4)
+    base = dict(sample_rate=8000, n_fft=64, hop=32, latent_size=16, width=32, depth=2, heads=2, block_frames=16,
+                window_blocks=3, min_block_frames=4)
     base.update(overrides)
     return ModelConfig(**base)

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from lmdm_engine.core.codec import Codec
 from lmdm_engine.core.config import ModelConfig
 
 BACKENDS = ("torch", "onnx")
@@ -23,6 +24,7 @@ class Runtime(Protocol):
     name: str
     config: ModelConfig
     latent_scale: np.ndarray  # [latent_dim]: model space = codec latents / latent_scale
+    codec: Codec  # the model's codec (its fitted basis): audio <-> latents
 
     def new_state(self, batch: int) -> dict: ...
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from lmdm_engine.core.codec import Codec
 from lmdm_engine.core.config import ConfigError, ModelConfig
 
 log = logging.getLogger("lmdm")
@@ -142,6 +143,7 @@ class OnnxRuntime:
         self.manifest = read_manifest(folder)
         self.config: ModelConfig = self.manifest["config"]
         self.latent_scale = np.asarray(self.manifest["latent_scale"], np.float32)
+        self.codec = Codec.load(export_folder(folder), self.config)
         step = self.manifest["graphs"]["denoiser_step"]
         self.session, self.provider, why = open_session(self.manifest["folder"] / step["file"], provider, threads)
         log.info("ONNX Runtime on %s (%s): %s", self.provider.upper(), why, self.manifest["folder"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmdm_engine.core.codec import Codec
 from lmdm_engine.core.model import Denoiser
 
 
@@ -48,16 +49,18 @@ class TorchRuntime(TensorRuntime):
 
     name = "torch"
 
-    def __init__(self, model: Denoiser, device: str | None = None, threads: int = 1):
+    def __init__(self, model: Denoiser, codec: Codec, device: str | None = None, threads: int = 1):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         super().__init__(model.to(self.device).eval())
         self.latent_scale = model.latent_scale.detach().cpu().numpy().astype(np.float32)
+        self.codec = codec
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | None = None) -> "TorchRuntime":
-        return cls(Denoiser.from_pretrained(folder), device)
+        model = Denoiser.from_pretrained(folder)
+        return cls(model, Codec.load(folder, model.config), device)
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=self.device)

@@ -76,8 +76,8 @@ def _stream(runtime, total, first, changes, guidance, steps, sampler, seed, sket
     scale = runtime.latent_scale[None, None, :]
     blocks = math.ceil((total + cfg.codec_latency) / block) if total else 0  # the codec delays by its latency
     stream = LatentStream(runtime, 1)
-    codec = StreamingCodec(cfg, 1)
-    sketch_codec = StreamingCodec(cfg, 1) if sketch is not None else None
+    codec = StreamingCodec(runtime.codec, 1)
+    sketch_codec = StreamingCodec(runtime.codec, 1) if sketch is not None else None
     fade = ConditioningFade(cfg, first)
     rng = np.random.default_rng(seed)
     noise = lambda x: rng.standard_normal(x.shape, np.float32)

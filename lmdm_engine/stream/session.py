@@ -145,8 +145,8 @@ class Session:
         cfg, c = self.config, self.channels
         self._fade = ConditioningFade(cfg, self._conditioning(self.params))
         self._rng = np.random.default_rng(self.params.seed)
-        self._codec = StreamingCodec(cfg, c)
-        self._mix_codec = StreamingCodec(cfg, c)  # jam mode: encodes the input plus the part that played
+        self._codec = StreamingCodec(self.runtime.codec, c)
+        self._mix_codec = StreamingCodec(self.runtime.codec, c)  # jam mode: encodes the input plus the part that played
         self._jamming = False  # the mode of the last block was jam
         self._stream = LatentStream(self.runtime, c)  # the KV cache of what was heard
         self._context = np.zeros((c, cfg.max_block_frames, cfg.latent_dim), np.float32)  # latest context frames
@@ -223,7 +223,7 @@ class Session:
         p, cfg = self.params, self.config
         jam = p.mode == "jam"
         if jam and not self._jamming:  # the mix encoder goes on from where the input's is
-            self._mix_codec.state.update({k: self._codec.state[k].copy() for k in ("encoder_history", "encoder_phase")})
+            self._mix_codec.state.update({k: v.copy() for k, v in self._codec.state.items() if k.startswith("encoder_")})
         self._jamming = jam
         heard = self._codec.encode(block) / self._latent_scale  # [C, L, D] model space
         if jam:  # what was heard during this block: the input and the part that played

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lmdm_engine.core.codec import CODEC_VERSION, encode_clip
+from lmdm_engine.core.codec import Codec, encode_clip
 from lmdm_engine.core.conditioning import conditioning_vectors
 from lmdm_engine.core.config import ModelConfig
 from lmdm_engine.core.files import atomic_write
@@ -58,11 +57,6 @@ class LatentClips:
         return conditioning_vectors(config, self.styles[idx], prompts)
 
 
-def _codec_key(config: ModelConfig) -> str:
-    fields = (CODEC_VERSION, config.sample_rate, config.n_fft, config.hop, config.compression, config.latent_gain)
-    return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:10]
-
-
 def read_audio_mono(path: Path, sample_rate: int) -> np.ndarray:
     """Any file pedalboard can read, mixed to mono and resampled (windowed sinc) to ``sample_rate``."""
     from pedalboard.io import AudioFile
@@ -89,30 +83,37 @@ def _save_npz(path: Path, **arrays) -> None:
         np.savez(f, **arrays)
 
 
-def corpus_clips(corpus_dir: str | Path, config: ModelConfig, split: str) -> LatentClips:
-    """Clips of a procedural corpus (see corpus.py) for ``split`` ("train" or "heldout"), cached beside it, with
-    caption embeddings for text models and stems for jamming models."""
-    from .corpus import read_metadata, style_vector
+def _corpus_rows(corpus_dir: Path, split: str) -> list[dict]:
+    from .corpus import read_metadata
 
-    corpus_dir = Path(corpus_dir)
     rows = [r for r in read_metadata(corpus_dir) if r["split"] == split]
     if not rows:
         raise ValueError(f"{corpus_dir}: no clips in split {split!r}")
+    return rows
+
+
+def corpus_clips(corpus_dir: str | Path, codec: Codec, split: str) -> LatentClips:
+    """Clips of a procedural corpus (see corpus.py) for ``split`` ("train" or "heldout"), cached beside it, with
+    caption embeddings for text models and stems for jamming models."""
+    from .corpus import style_vector
+
+    config, corpus_dir = codec.config, Path(corpus_dir)
+    rows = _corpus_rows(corpus_dir, split)
 
     def build() -> LatentClips:
-        latents = [encode_clip(config, read_audio_mono(corpus_dir / r["file"], config.sample_rate))
+        latents = [encode_clip(codec, read_audio_mono(corpus_dir / r["file"], config.sample_rate))
                    for r in tqdm(rows, desc=f"encoding {split} clips", leave=False)]
         styles = np.stack([style_vector(r["tags"], config.style_vocab) for r in rows])
         return LatentClips(np.stack(latents).astype(np.float16), styles, [r["file"] for r in rows])
 
-    clips = _cached(corpus_dir / f"latents-{split}-{_codec_key(config)}.npz", build)
+    clips = _cached(corpus_dir / f"latents-{split}-{codec.key}.npz", build)
     if (config.text_dim or config.accompaniment) and any("info" not in r for r in rows):
         raise ValueError(f"{corpus_dir}: this corpus has no clip info (written before captions existed); "
                          f"render it again with `lmdm corpus -o {corpus_dir}`")
     if config.text_dim:
         clips.captions = corpus_captions(corpus_dir, rows, config.text_encoder, split)
     if config.accompaniment:
-        clips.jam = corpus_jam_pairs(corpus_dir, rows, config, split)
+        clips.jam = corpus_jam_pairs(corpus_dir, rows, codec, split)
     return clips
 
 
@@ -138,15 +139,16 @@ def corpus_captions(corpus_dir: Path, rows: list[dict], encoder: str, split: str
     return emb
 
 
-def corpus_jam_pairs(corpus_dir: Path, rows: list[dict], config: ModelConfig, split: str) -> JamPairs:
+def corpus_jam_pairs(corpus_dir: Path, rows: list[dict], codec: Codec, split: str) -> JamPairs:
     """The stems of every pitched + drums clip of ``rows``, re-rendered from their seeds and encoded, cached."""
     from .captions import CAPTIONS_VERSION, clip_captions, stem_info
     from .corpus import render_clip_parts, style_vector
 
+    config = codec.config
     picked = [i for i, r in enumerate(rows) if r["info"]["drums"] and r["info"]["timbre"] != "drums"]
     if not picked:
         raise ValueError(f"{corpus_dir}: no pitched + drums clips in split {split!r} to learn jamming from")
-    path = corpus_dir / f"jam-{split}-{_codec_key(config)}-{config.text_encoder or 'notext'}-v{CAPTIONS_VERSION}.npz"
+    path = corpus_dir / f"jam-{split}-{codec.key}-{config.text_encoder or 'notext'}-v{CAPTIONS_VERSION}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
             if list(z["clip"]) == picked:
@@ -160,7 +162,7 @@ def corpus_jam_pairs(corpus_dir: Path, rows: list[dict], config: ModelConfig, sp
         clip = render_clip_parts(r["seed"], r["sample_rate"], r["seconds"], stems=True)
         pair = []
         for name in ("pitched", "drums"):
-            pair.append(encode_clip(config, clip.stems[name]))
+            pair.append(encode_clip(codec, clip.stems[name]))
             tags = [t for t in r["tags"] if t != (r["info"]["timbre"] if name == "drums" else "drums")]
             styles.append(style_vector(tags, config.style_vocab))
             texts += clip_captions(stem_info(r["info"], name), tags, CAPTIONS_PER_CLIP, r["seed"] + 1)
@@ -178,14 +180,9 @@ def corpus_jam_pairs(corpus_dir: Path, rows: list[dict], config: ModelConfig, sp
     return pairs
 
 
-def folder_clips(folder: str | Path, config: ModelConfig, split: str, seconds: float = 4.0,
-                 heldout_fraction: float = 0.1) -> LatentClips:
-    """Clips of ``seconds`` cut from every audio file under ``folder`` (unlabelled: zero style vector).
-
-    A file belongs to the held-out split when a hash of its relative path falls under ``heldout_fraction``,
-    so the split is stable when files are added.
-    """
-    folder = Path(folder)
+def _folder_files(folder: Path, split: str, heldout_fraction: float = 0.1) -> list[Path]:
+    """The audio files under ``folder`` in ``split``: a file is held out when a hash of its relative path falls
+    under ``heldout_fraction``, so the split is stable when files are added."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise ValueError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
@@ -197,6 +194,15 @@ def folder_clips(folder: str | Path, config: ModelConfig, split: str, seconds: f
     chosen = [p for p in files if in_split(p)]
     if not chosen:
         raise ValueError(f"{folder}: no files fall in split {split!r}; add more files")
+    return chosen
+
+
+def folder_clips(folder: str | Path, codec: Codec, split: str, seconds: float = 4.0,
+                 heldout_fraction: float = 0.1) -> LatentClips:
+    """Clips of ``seconds`` cut from every audio file under ``folder`` in ``split`` (see :func:`_folder_files`;
+    unlabelled: zero tag vector)."""
+    config, folder = codec.config, Path(folder)
+    chosen = _folder_files(folder, split, heldout_fraction)
     clip_samples = int(seconds * config.sample_rate) // config.hop * config.hop
 
     def build() -> LatentClips:
@@ -204,7 +210,7 @@ def folder_clips(folder: str | Path, config: ModelConfig, split: str, seconds: f
         for p in tqdm(chosen, desc=f"encoding {split} files", leave=False):
             audio = read_audio_mono(p, config.sample_rate)
             for i in range(audio.shape[0] // clip_samples):
-                latents.append(encode_clip(config, audio[i * clip_samples:(i + 1) * clip_samples]))
+                latents.append(encode_clip(codec, audio[i * clip_samples:(i + 1) * clip_samples]))
                 names.append(f"{p.relative_to(folder)}#{i}")
         if not latents:
             raise ValueError(f"{folder}: every file in split {split!r} is shorter than {seconds} s")
@@ -214,15 +220,28 @@ def folder_clips(folder: str | Path, config: ModelConfig, split: str, seconds: f
     key = hashlib.sha1("|".join(str(p) for p in chosen).encode()).hexdigest()[:8]
     cache_dir = folder / ".lmdm_cache"
     cache_dir.mkdir(exist_ok=True)
-    return _cached(cache_dir / f"latents-{split}-{_codec_key(config)}-{key}-{seconds}.npz", build)
+    return _cached(cache_dir / f"latents-{split}-{codec.key}-{key}-{seconds}.npz", build)
 
 
-def load_clips(data: str | Path, config: ModelConfig, split: str) -> LatentClips:
-    """A procedural corpus folder (it has metadata.jsonl) or any folder of audio files."""
+def load_clips(data: str | Path, codec: Codec, split: str) -> LatentClips:
+    """A procedural corpus folder (it has metadata.jsonl) or any folder of audio files, encoded by ``codec``."""
     data = Path(data)
     if (data / "metadata.jsonl").is_file():
-        return corpus_clips(data, config, split)
-    return folder_clips(data, config, split)
+        return corpus_clips(data, codec, split)
+    return folder_clips(data, codec, split)
+
+
+def fit_codec(data: str | Path, config: ModelConfig, max_files: int = 600) -> Codec:
+    """A codec basis fitted on up to ``max_files`` training files of ``data`` (a corpus or a folder of audio),
+    spread evenly over them."""
+    data = Path(data)
+    if (data / "metadata.jsonl").is_file():
+        files = [data / r["file"] for r in _corpus_rows(data, "train")]
+    else:
+        files = _folder_files(data, "train")
+    files = files[:: max(1, len(files) // max_files)][:max_files]
+    return Codec.fit(config, (read_audio_mono(p, config.sample_rate)
+                              for p in tqdm(files, desc="fitting the codec", leave=False)))
 
 
 def fit_latent_scale(clips: LatentClips, floor_fraction: float = 0.05) -> np.ndarray:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmdm_engine.core.codec import decode_clip
-from lmdm_engine.core.config import ModelConfig
+from lmdm_engine.core.codec import Codec, decode_clip
 from lmdm_engine.core.files import atomic_write
 from lmdm_engine.core.metrics import frechet_distance, log_mel, mel_statistics
 from lmdm_engine.runtime.interface import Runtime
@@ -49,9 +48,9 @@ def rollout(runtime: Runtime, context: np.ndarray, blocks: int, block_frames: in
     return np.concatenate(out, 1) * scale
 
 
-def _mel_stats(config: ModelConfig, latents: np.ndarray):
-    audio = np.stack([decode_clip(config, z.astype(np.float32)) for z in latents])
-    return mel_statistics(log_mel(audio, config.sample_rate))
+def _mel_stats(codec: Codec, latents: np.ndarray):
+    audio = np.stack([decode_clip(codec, z.astype(np.float32)) for z in latents])
+    return mel_statistics(log_mel(audio, codec.config.sample_rate))
 
 
 def evaluate(runtime: Runtime, clips: LatentClips, untrained: Runtime | None = None, blocks: int = 2,
@@ -65,7 +64,7 @@ def evaluate(runtime: Runtime, clips: LatentClips, untrained: Runtime | None = N
         raise ValueError(f"held-out clips have {lat.shape[1]} frames; need {c + blocks * L}")
     context, real = lat[:, :c], lat[:, c:c + blocks * L]
     cond = clips.conditioning(cfg, np.arange(n))  # tags (and, for text models, a caption)
-    real_stats = _mel_stats(cfg, real)
+    real_stats = _mel_stats(runtime.codec, real)
     rng = np.random.default_rng(seed)
     candidates = {
         "model": rollout(runtime, context, blocks, L, steps, sampler, cond, seed),
@@ -75,7 +74,7 @@ def evaluate(runtime: Runtime, clips: LatentClips, untrained: Runtime | None = N
     }
     if untrained is not None:
         candidates["untrained"] = rollout(untrained, context, blocks, L, steps, sampler, cond, seed)
-    result = {name: frechet_distance(*_mel_stats(cfg, z), *real_stats) for name, z in candidates.items()}
+    result = {name: frechet_distance(*_mel_stats(runtime.codec, z), *real_stats) for name, z in candidates.items()}
     result["settings"] = {"clips": n, "blocks": blocks, "block_frames": L, "steps": steps, "sampler": sampler,
                           "seed": seed, "context_frames": c}
     return result

@@ -25,11 +25,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from lmdm_engine.core.codec import Codec
 from lmdm_engine.core.config import ModelConfig
 from lmdm_engine.core.model import Denoiser
 
 from .arc import ArcForcing
-from .data import LatentClips, fit_latent_scale, load_clips
+from .data import LatentClips, fit_codec, fit_latent_scale, load_clips
 from .flow import FlowMatching
 from .options import STAGES, TrainOptions, learning_rate, load_state, save_state
 
@@ -79,7 +80,11 @@ def train(out_dir: str | Path, data: str | Path, options: TrainOptions, config: 
     probe_config = config or ModelConfig.load(init)
     if conditioning and init is not None:
         probe_config = probe_config.replace(**conditioning)
-    clips = load_clips(data, probe_config, "train")
+    if resuming or init is not None:  # a model keeps the codec basis it was first trained with
+        codec = Codec.load(model_dir if resuming else init, probe_config)
+    else:
+        codec = fit_codec(data, probe_config)
+    clips = load_clips(data, codec, "train")
     model = build_model(options, config, init, clips, conditioning if init is not None else None)
     model.config.extra = {**model.config.extra, "data": str(data), "options": dataclasses.asdict(options)}
     ema = Denoiser(model.config)
@@ -103,6 +108,7 @@ def train(out_dir: str | Path, data: str | Path, options: TrainOptions, config: 
         save_state(state_dir, model, ema, optimizer, step, stage.batcher, generator, time.time() - start,
                     stage.state_tensors())
         ema.save_pretrained(model_dir)
+        codec.save(model_dir)
 
     while step < options.steps:
         for group in optimizer.param_groups:
