@@ -33,9 +33,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lmdm_engine.core.codec import decode_clip
+from lmdm_engine.core.codec import Codec, decode_clip
 from lmdm_engine.core.conditioning import conditioning_vectors
-from lmdm_engine.core.config import ModelConfig
 from lmdm_engine.core.metrics import frechet_distance, log_mel, mel_statistics
 from lmdm_engine.core.model import Denoiser
 from lmdm_engine.runtime.torch import TorchRuntime
@@ -71,14 +70,15 @@ class OutpaintRuntime:
         return self.model.velocity_outpaint(torch.from_numpy(state), xt, tt, torch.from_numpy(style)).numpy()
 
 
-def block_statistics(config: ModelConfig, context: np.ndarray, continuation: np.ndarray,
+def block_statistics(codec: Codec, context: np.ndarray, continuation: np.ndarray,
                      blocks: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Log-mel statistics per block index of continuations [B, frames, D] (codec latents) decoded after their
     contexts [B, C, D]: a frame belongs to the block its centre falls in."""
     per_block = [[] for _ in range(blocks)]
+    config = codec.config
     block_samples = config.block_frames * config.hop
     for ctx, cont in zip(context, continuation):
-        audio = decode_clip(config, np.concatenate([ctx, cont]).astype(np.float32))
+        audio = decode_clip(codec, np.concatenate([ctx, cont]).astype(np.float32))
         mel = log_mel(audio, config.sample_rate, hop=MEL_HOP)  # [frames, 64]
         block = (np.arange(mel.shape[0]) * MEL_HOP - ctx.shape[0] * config.hop) // block_samples
         for j in range(blocks):
@@ -86,9 +86,9 @@ def block_statistics(config: ModelConfig, context: np.ndarray, continuation: np.
     return [mel_statistics(np.concatenate(frames)) for frames in per_block]
 
 
-def reference_statistics(config: ModelConfig, latents: np.ndarray):
+def reference_statistics(codec: Codec, latents: np.ndarray):
     """Log-mel statistics of whole clips [N, frames, D] (codec latents), pooled."""
-    return mel_statistics(np.concatenate([log_mel(decode_clip(config, z.astype(np.float32)), config.sample_rate,
+    return mel_statistics(np.concatenate([log_mel(decode_clip(codec, z.astype(np.float32)), codec.config.sample_rate,
                                                   hop=MEL_HOP) for z in latents]))
 
 
@@ -137,20 +137,26 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     folders = {"outpaint": args.outpaint, "lmdm": args.lmdm, "arc": args.arc, "text": args.text}
-    runtimes = {}
+    runtimes, codecs = {}, {}
     for name, folder in folders.items():
         if folder:
             model = Denoiser.from_pretrained(folder)
-            runtimes[name] = OutpaintRuntime(model) if name == "outpaint" else TorchRuntime(model, "cpu", args.threads)
-    config = next(iter(runtimes.values())).config
-    clips = load_clips(args.data, config, "heldout")
+            codecs[name] = Codec.load(folder, model.config)
+            runtimes[name] = (OutpaintRuntime(model) if name == "outpaint"
+                              else TorchRuntime(model, codecs[name], "cpu", args.threads))
+    codec = next(iter(codecs.values()))
+    if len({c.key for c in codecs.values()}) > 1:
+        raise SystemExit(f"the models do not share one codec basis ({', '.join(folders[n] for n in codecs)}): "
+                         f"their rollouts would not be decoded alike")
+    config = codec.config
+    clips = load_clips(args.data, codec, "heldout")
     c, length = config.context_frames, config.block_frames
-    reference = reference_statistics(config, clips.latents)
+    reference = reference_statistics(codec, clips.latents)
     context = clips.latents[:args.contexts, :c].astype(np.float32)
     tags = clips.styles[:args.contexts].astype(np.float32)
     real_blocks = (clips.latents.shape[1] - c) // length
     real = [frechet_distance(*s, *reference) for s in
-            block_statistics(config, context, clips.latents[:args.contexts, c:c + real_blocks * length], real_blocks)]
+            block_statistics(codec, context, clips.latents[:args.contexts, c:c + real_blocks * length], real_blocks)]
 
     results = {}
     for name, runtime in runtimes.items():
@@ -160,7 +166,7 @@ def main() -> None:
             style = conditioning_vectors(runtime.config, tags)  # the clip's tags, no prompt: one cue for every model
             continuation = rollout(runtime, context, args.blocks, length, steps, args.sampler, style, args.seed)
             seconds = time.perf_counter() - start
-            stats = block_statistics(config, context, continuation, args.blocks)
+            stats = block_statistics(codec, context, continuation, args.blocks)
             results[name][str(steps)] = {"per_block": [frechet_distance(*s, *reference) for s in stats],
                                          "rollout_seconds": round(seconds, 1)}
             print(f"{name} {steps} steps: rollout {seconds:.0f} s", flush=True)

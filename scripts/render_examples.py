@@ -35,14 +35,16 @@ def render_presets(runtime, source: Path, out: Path) -> None:
 
 def render_continuations(runtime, data: Path, out: Path, count: int, blocks: int) -> None:
     cfg = runtime.config
-    clips = load_clips(data, cfg, "heldout")
+    codec = runtime.codec
+    clips = load_clips(data, codec, "heldout")
     picks = np.linspace(0, len(clips) - 1, count).astype(int)
     lat = clips.latents[picks].astype(np.float32)
     c = cfg.context_frames
-    generated = rollout(runtime, lat[:, :c], blocks, cfg.block_frames, 8, "pingpong", clips.styles[picks], seed=0)
+    generated = rollout(runtime, lat[:, :c], blocks, cfg.block_frames, 2, "pingpong", clips.conditioning(cfg, picks),
+                        seed=0)
     for i, idx in enumerate(picks):
-        real = decode_clip(cfg, lat[i])
-        fake = decode_clip(cfg, np.concatenate([lat[i, :c], generated[i]]))
+        real = decode_clip(codec, lat[i])
+        fake = decode_clip(codec, np.concatenate([lat[i, :c], generated[i]]))
         sf.write(out / f"continuation_{i}.flac", fake, cfg.sample_rate)
         save_spectrograms(out / f"continuation_{i}.png",
                           [(f"Held-out clip {clips.names[idx]} (real)", real),

@@ -9,7 +9,6 @@ import torch
 
 from lmdm_engine.core.config import debug_config
 from lmdm_engine.core.model import Denoiser
-from lmdm_engine.runtime.torch import TorchRuntime
 from lmdm_engine.train.arc import ArcForcing, Discriminator, mismatched_conditioning, self_rollout
 from lmdm_engine.train.corpus import write_corpus
 from lmdm_engine.train.data import load_clips

@@ -77,7 +77,6 @@ def test_jam_and_a_live_prompt_over_the_bridge_equal_a_local_session():
     """Jamming and text prompts through the bridge, on a tiny text + jamming model: the same audio as a local
     Session given the same parameter change at the same block."""
     from lmdm_engine.core.conditioning import TEXT_ENCODER
-    from lmdm_engine.runtime.torch import TorchRuntime
 
     from conftest import random_model
 

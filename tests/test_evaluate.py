@@ -7,7 +7,6 @@ import torch
 from lmdm_engine.core.audio import tone
 from lmdm_engine.core.codec import encode_clip
 from lmdm_engine.core.sampling import time_schedule
-from lmdm_engine.runtime.torch import TorchRuntime
 from lmdm_engine.train.data import LatentClips
 from lmdm_engine.train.evaluate import evaluate, evaluation_table, rollout
 

@@ -8,7 +8,6 @@ import pytest
 from lmdm_engine.core.audio import tone
 from lmdm_engine.core.codec import decode_clip, encode_clip
 from lmdm_engine.core.conditioning import PROMPT_CROSSFADE_BLOCKS, TEXT_ENCODER
-from lmdm_engine.runtime.torch import TorchRuntime
 from lmdm_engine.stream.generate import generate, iter_generate
 
 from conftest import Recording, debug_torch_runtime, envelope_lag, random_model

@@ -11,7 +11,6 @@ import pytest
 from lmdm_engine.core.audio import tone
 from lmdm_engine.core.conditioning import (PROMPT_CROSSFADE_BLOCKS, TEXT_ENCODER, TextExtraMissing, conditioning_vector,
                                            embed_prompt)
-from lmdm_engine.runtime.torch import TorchRuntime
 from lmdm_engine.stream.session import Session
 
 from conftest import Recording, codec_for, debug_torch_runtime, preset_params, random_model

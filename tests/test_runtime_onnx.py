@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from lmdm_engine.runtime.onnx import OnnxRuntime, open_session
-from lmdm_engine.runtime.torch import TorchRuntime
 from lmdm_export.exporter import export_model
 
 from conftest import codec_for, debug_torch_runtime, random_model

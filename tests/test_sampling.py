@@ -98,7 +98,6 @@ def test_guidance_contrasts_the_conditional_with_the_unconditional_velocity():
 
 def test_guidance_on_a_real_model():
     from lmdm_engine.core.conditioning import TEXT_ENCODER, conditioning_vector, embed_prompt
-    from lmdm_engine.runtime.torch import TorchRuntime
 
     from conftest import random_model
 

@@ -11,7 +11,6 @@ import torch
 from lmdm_engine.core.audio import tone
 from lmdm_engine.core.codec import StreamingCodec
 from lmdm_engine.core.conditioning import PROMPT_CROSSFADE_BLOCKS
-from lmdm_engine.core.metrics import snr_db
 from lmdm_engine.stream.session import Session
 
 from conftest import Recording, debug_torch_runtime, envelope_lag, preset_params
@@ -251,7 +250,6 @@ def test_importing_the_engine_after_numpy_still_limits_blas_to_one_thread():
 # ---- jam mode --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def jam_runtime():
-    from lmdm_engine.runtime.torch import TorchRuntime
 
     from conftest import random_model
 
