@@ -27,6 +27,7 @@ from lmdm_engine.core.config import ModelConfig
 from lmdm_engine.core.files import atomic_write
 from lmdm_engine.core.model import Denoiser, cache_names
 from lmdm_engine.io.presets import list_presets
+from lmdm_engine.runtime.latent_stream import GUIDANCE_RESCALE
 from lmdm_engine.runtime.onnx import (EXPORT_SUBDIR, MANIFEST_NAME, MANIFEST_SCHEMA, MANIFEST_VERSION, file_digest,
                                       present_name)
 from lmdm_engine.stream.params import unplayable_reason
@@ -52,7 +53,9 @@ for each block of L * hop samples `audio` [B, L*hop]:
         v, present = denoiser_step(latents=x, time=[times[i]] * B, cond, context=(context if i == 0 else zeros[B, 0, D]), cache)
         if i == 0: cache = present
         guidance g != 1: v_u, _ = denoiser_step(latents=x, time, cond=unconditional(cond), context=zeros[B, 0, D], cache)
-                         v = v_u + g * (v - v_u)
+                         v_g = v_u + g * (v - v_u); x0_c = x - times[i] * v; x0_g = x - times[i] * v_g
+                         x0 = x0_g * (1 - r + r * rms(x0_c) / (rms(x0_g) + 1e-6)), rms per row, r = guidance_rescale
+                         v = (x - x0) / times[i]
         ping-pong: denoised = x - times[i] * v
                    x = denoised if times[i+1] == 0 else (1 - times[i+1]) * denoised + times[i+1] * noise()
         euler:     x = x + (times[i+1] - times[i]) * v
@@ -154,7 +157,9 @@ def build_manifest(config: ModelConfig, latent_scale: np.ndarray, parameters: in
             "layout": {name: list(span) for name, span in config.cond_layout.items()},
             "text_encoder": config.text_encoder or None,
             "unconditional": "zeros, except the accompaniment flag, which is kept",
-            "guidance": "g != 1: v = v_uncond + g * (v_cond - v_uncond), v_cond first (it folds the context in)",
+            "guidance": "g != 1: v = v_uncond + g * (v_cond - v_uncond), v_cond first (it folds the context in); "
+                        "the clean estimate rescaled to the conditional one's RMS (see the host loop)",
+            "guidance_rescale": GUIDANCE_RESCALE,
         },
         "graphs": graphs,
         "state": {"denoiser_step": state,

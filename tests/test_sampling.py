@@ -75,8 +75,11 @@ class _StyleEcho:
         return np.full(x.shape, float(np.sum(style)), np.float32)
 
 
-def test_guidance_contrasts_the_conditional_with_the_unconditional_velocity():
+def test_guidance_contrasts_the_conditional_with_the_unconditional_velocity(monkeypatch):
     from lmdm_engine.core.conditioning import TEXT_ENCODER, conditioning_vector
+    from lmdm_engine.runtime import latent_stream
+
+    monkeypatch.setattr(latent_stream, "GUIDANCE_RESCALE", 0.0)  # plain guidance first
     from lmdm_engine.core.config import debug_config
 
     cfg = debug_config(text_dim=384, text_encoder=TEXT_ENCODER, accompaniment=True)
@@ -94,6 +97,11 @@ def test_guidance_contrasts_the_conditional_with_the_unconditional_velocity():
     rt = _StyleEcho(cfg)
     out = generate_block(rt, {}, delayed, 1.0, 2, "euler", style, noise, guidance=1.0)
     assert len(rt.styles) == 2 and np.allclose(out, 3.0 - cond)  # guidance 1: one call a step, no contrast
+    # rescaled: one Euler step lands on the guided clean estimate brought to the conditional one's RMS
+    monkeypatch.setattr(latent_stream, "GUIDANCE_RESCALE", 1.0)
+    out = generate_block(_StyleEcho(cfg), {}, delayed, 1.0, 1, "euler", style, noise, guidance=2.5)
+    guided = 3.0 - (uncond + 2.5 * (cond - uncond))
+    assert np.allclose(out, np.sign(guided) * abs(3.0 - cond), atol=1e-5)
 
 
 def test_guidance_on_a_real_model():

@@ -23,6 +23,14 @@ from lmdm_engine.core.sampling import get_sampler, time_schedule
 from .interface import Runtime
 
 
+GUIDANCE_RESCALE = 1.0  # 0: plain classifier-free guidance; 1: the guided estimate at the conditional one's RMS
+
+
+def _rms(a):
+    """RMS of each batch row of a [B, L, D] array or tensor, as [B, 1, 1]."""
+    return ((a * a).reshape(a.shape[0], -1).mean(-1) ** 0.5)[:, None, None]
+
+
 def generate_block(runtime: Runtime, state: dict, delayed, strength: float, steps: int, sampler: str, cond,
                    noise: Callable, guidance: float = 1.0, early_steps: Callable = contextlib.nullcontext):
     """One block against a runtime's cached context: start from ``delayed`` noised to ``strength`` and integrate
@@ -31,7 +39,10 @@ def generate_block(runtime: Runtime, state: dict, delayed, strength: float, step
 
     ``guidance`` g != 1 turns on classifier-free guidance, ``v = v_uncond + g (v_cond - v_uncond)`` against the
     unconditional vector of ``cond`` (conditioning.unconditional): two runtime calls per step, the conditional one
-    first (it folds any context the ONNX runtime has queued), then the unconditional one on the same state."""
+    first (it folds any context the ONNX runtime has queued), then the unconditional one on the same state. The
+    guided clean estimate is brought back to the conditional one's RMS, mixed in by ``GUIDANCE_RESCALE`` (Lin et
+    al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", sec. 3.4): in log-magnitude latents
+    plain guidance also extrapolates the level (guidance 4 played 14 dB too loud)."""
     if strength <= 0:
         return delayed.copy()
     x = (1.0 - strength) * delayed + strength * noise(delayed)
@@ -43,7 +54,12 @@ def generate_block(runtime: Runtime, state: dict, delayed, strength: float, step
         def velocity(x, t):
             conditional = runtime.velocity(state, x, t, cond)
             uncond = runtime.velocity(state, x, t, plain)
-            return uncond + guidance * (conditional - uncond)
+            guided = uncond + guidance * (conditional - uncond)
+            if GUIDANCE_RESCALE == 0.0 or t <= 0.0:
+                return guided
+            x0_cond, x0 = x - t * conditional, x - t * guided  # the clean estimates
+            x0 = x0 * (1.0 - GUIDANCE_RESCALE + GUIDANCE_RESCALE * _rms(x0_cond) / (_rms(x0) + 1e-6))
+            return (x - x0) / t
     sample, schedule = get_sampler(sampler), time_schedule(steps, strength)
     with early_steps():
         x = sample(velocity, x, schedule[:-1], noise)
