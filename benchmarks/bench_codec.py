@@ -78,9 +78,10 @@ def _unlocked(log_mag: np.ndarray, config: ModelConfig) -> np.ndarray:
 
 
 def pca_magnitudes(codec: Codec, spectra: np.ndarray, size: int) -> np.ndarray:
+    """Magnitudes through the first ``size`` components of ``codec``'s basis."""
     log_mag = codec.log_magnitude(spectra) - codec.mean
-    basis = codec.components[:size].astype(np.float64)
-    return np.maximum(np.exp(log_mag @ basis.T @ basis + codec.mean) - codec.config.log_floor, 0.0)
+    return np.maximum(np.exp(log_mag @ codec.encoder[:, :size] @ codec.decoder[:size] + codec.mean)
+                      - codec.config.log_floor, 0.0)
 
 
 def mel_magnitudes(config: ModelConfig, spectra: np.ndarray, bands: int) -> np.ndarray:
@@ -101,6 +102,7 @@ def main() -> None:
     start = time.perf_counter()
     config = ModelConfig(latent_size=128)
     codec = fit_codec(args.data, config, max_files=args.fit_files)
+    unweighted = fit_codec(args.data, config, max_files=args.fit_files, weights=np.ones(config.n_fft // 2 + 1))
     framing = Framing(config)
 
     held = Heldout(Path(args.data), SimpleNamespace(config=config))  # Heldout reads only the runtime's config
@@ -111,6 +113,7 @@ def main() -> None:
     mags = {
         "true": lambda s: np.abs(s),
         **{f"log-magnitude PCA {k}": (lambda s, k=k: pca_magnitudes(codec, s, k)) for k in (64, 96, 128)},
+        "log-magnitude PCA 128, unweighted": lambda s: pca_magnitudes(unweighted, s, 128),
         "log-mel 128 (pseudo-inverse)": lambda s: mel_magnitudes(config, s, 128),
     }
     phases = {

@@ -124,7 +124,7 @@ def build_encoder(codec: Codec, latent_scale: np.ndarray) -> onnx.ModelProto:
     mag = g.op("Sqrt", g.op("Add", g.op("Mul", re, re), g.op("Mul", im, im)))
     log_mag = g.op("Log", g.op("Add", mag, g.const(config.log_floor, np.float64)))
     centred = g.op("Sub", log_mag, g.const(codec.mean.astype(np.float64)))
-    latents = g.op("Cast", g.op("MatMul", centred, g.const(codec.components.T.astype(np.float64))), to=TensorProto.FLOAT)
+    latents = g.op("Cast", g.op("MatMul", centred, g.const(codec.encoder)), to=TensorProto.FLOAT)
     g.op("Div", latents, g.const(latent_scale, np.float32), out="latents")
     v = _values(config)
     return g.model(
@@ -152,7 +152,7 @@ def build_decoder(codec: Codec, latent_scale: np.ndarray) -> onnx.ModelProto:
     i64, f64, f32 = np.int64, np.float64, np.float32
     _, synthesis = _bases(g, config)
     latents = g.op("Cast", g.op("Mul", "latents", g.const(latent_scale, f32)), to=TensorProto.DOUBLE)
-    log_mag = g.op("Add", g.op("MatMul", latents, g.const(codec.components.astype(f64))), g.const(codec.mean.astype(f64)))
+    log_mag = g.op("Add", g.op("MatMul", latents, g.const(codec.decoder)), g.const(codec.mean.astype(f64)))
     low, high = codec.log_range
     log_mag = g.op("Clip", log_mag, g.const(low, f64), g.const(high, f64))
     k = g.const(np.arange(bins, dtype=i64))

@@ -105,6 +105,8 @@ def test_side_lobes_and_locking():
 def test_fit_save_load(tmp_path):
     codec = debug_codec()
     np.testing.assert_allclose(codec.components @ codec.components.T, np.eye(codec.config.latent_size), atol=1e-5)
+    assert codec.weights.mean() == pytest.approx(1.0) and np.all(np.diff(codec.weights) < 0)  # low bins weigh more
+    np.testing.assert_allclose(codec.encoder.T @ codec.decoder.T, np.eye(codec.config.latent_size), atol=1e-5)
     codec.save(tmp_path)
     codec.config.save(tmp_path)
     back = Codec.load(tmp_path)
@@ -129,4 +131,4 @@ def test_shape_errors():
     with pytest.raises(ValueError, match="latents"):
         stream.decode(np.zeros((2, 3, cfg.latent_dim + 1), np.float32))
     with pytest.raises(ConfigError, match="does not fit"):
-        Codec(debug_config(latent_size=8), codec.mean, codec.components)
+        Codec(debug_config(latent_size=8), codec.mean, codec.components, codec.weights)

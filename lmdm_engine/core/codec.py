@@ -1,8 +1,8 @@
 """Streaming spectral codec: log-magnitude on a fitted PCA basis, decoded with peak-locked phases.
 
 Latent of frame j: the log-magnitude spectrum ``log(|X_j| + log_floor)`` (sqrt-Hann STFT, ``n_fft`` points, hop
-``n_fft / 2``) minus its corpus mean, projected on the first ``latent_size`` principal components of the corpus
-(``Codec.fit``; saved beside the model as ``codec.safetensors``). A 1,026-value complex latent left a 192-wide model
+``n_fft / 2``) minus its corpus mean, weighted toward the low bins (:func:`bin_weights`) and projected on the first
+``latent_size`` principal components of the corpus (``Codec.fit``; saved beside the model as ``codec.safetensors``). A 1,026-value complex latent left a 192-wide model
 unable to move most of its output (the hiss of the first models); 128 smooth numbers a frame it can generate.
 
 Decoding rebuilds the phases from the magnitudes alone, frame by frame with no look-ahead: a phase vocoder with
@@ -44,19 +44,32 @@ def frame_spectra(windows: np.ndarray, window: np.ndarray) -> np.ndarray:
     return np.fft.rfft(windows * window, axis=-1)
 
 
-class Codec:
-    """One model's codec: its config (rates and sizes) and the fitted basis, mean [bins] and components
-    [latent_size, bins] (orthonormal rows)."""
+def bin_weights(config: ModelConfig) -> np.ndarray:
+    """Weights [bins] of the bins in the basis fit: the square root of the mel scale's density (d mel / d Hz,
+    HTK), mean 1. Unweighted, the principal components spend themselves on the many high bins and blur the low
+    harmonics that carry the pitch: 128 components kept 70% of the corpus's pitched frames within 50 cents,
+    weighted 97% (benchmarks/bench_codec.py)."""
+    root = np.sqrt(1.0 / (700.0 + np.fft.rfftfreq(config.n_fft, 1.0 / config.sample_rate)))
+    return root / root.mean()
 
-    def __init__(self, config: ModelConfig, mean: np.ndarray, components: np.ndarray):
+
+class Codec:
+    """One model's codec: its config (rates and sizes) and the fitted basis: mean [bins], components
+    [latent_size, bins] (orthonormal rows, over log-magnitudes times ``weights`` [bins])."""
+
+    def __init__(self, config: ModelConfig, mean: np.ndarray, components: np.ndarray, weights: np.ndarray):
         bins = config.n_fft // 2 + 1
-        if mean.shape != (bins,) or components.shape != (config.latent_size, bins):
-            raise ConfigError(f"codec basis of shapes {mean.shape}, {components.shape} does not fit the config "
-                              f"(expected ({bins},), ({config.latent_size}, {bins}))")
+        if mean.shape != (bins,) or weights.shape != (bins,) or components.shape != (config.latent_size, bins):
+            raise ConfigError(f"codec basis of shapes {mean.shape}, {components.shape}, {weights.shape} does not fit "
+                              f"the config (expected ({bins},), ({config.latent_size}, {bins}), ({bins},))")
         self.config = config
         self.mean = np.ascontiguousarray(mean, np.float32)
         self.components = np.ascontiguousarray(components, np.float32)
-        self._mean64, self._components64 = self.mean.astype(np.float64), self.components.astype(np.float64)
+        self.weights = np.ascontiguousarray(weights, np.float32)
+        # the two maps as matrices, float64: log-magnitude @ encoder [bins, K]; latents @ decoder [K, bins]
+        self.encoder = self.weights.astype(np.float64)[:, None] * self.components.T.astype(np.float64)
+        self.decoder = self.components.astype(np.float64) / self.weights.astype(np.float64)
+        self._mean64 = self.mean.astype(np.float64)
         self.window = sine_window(config.n_fft)  # float64: analysis
         self.synthesis_window = self.window.astype(np.float32)
 
@@ -70,8 +83,8 @@ class Codec:
         h = hashlib.sha1(CODEC_VERSION.encode())
         for part in (self.config.sample_rate, self.config.n_fft, self.config.hop, self.config.log_floor):
             h.update(repr(part).encode())
-        h.update(self.mean.tobytes())
-        h.update(self.components.tobytes())
+        for part in (self.mean, self.components, self.weights):
+            h.update(part.tobytes())
         return h.hexdigest()[:10]
 
     # ---- the latent map ------------------------------------------------------------------------
@@ -81,7 +94,7 @@ class Codec:
     def to_latent(self, log_mag: np.ndarray) -> np.ndarray:
         """[..., bins] -> [..., latent_size] float32 (computed in float64: the same frame gives the same latent
         however the frames were blocked into matrix products)."""
-        return ((log_mag - self._mean64) @ self._components64.T).astype(np.float32)
+        return ((log_mag - self._mean64) @ self.encoder).astype(np.float32)
 
     @property
     def log_range(self) -> tuple[float, float]:
@@ -94,12 +107,13 @@ class Codec:
         """[..., latent_size] -> log-magnitude [..., bins] float64 (the projection on the basis, within
         ``log_range``): float64, so that which bin is a peak does not depend on how frames were blocked into matrix
         products."""
-        return np.clip(np.asarray(latents, np.float64) @ self._components64 + self._mean64, *self.log_range)
+        return np.clip(np.asarray(latents, np.float64) @ self.decoder + self._mean64, *self.log_range)
 
     # ---- fitting and persistence -------------------------------------------------------------------
     @classmethod
-    def fit(cls, config: ModelConfig, clips: Iterable[np.ndarray]) -> "Codec":
-        """Principal components of the log-magnitude frames of mono ``clips`` (at ``config.sample_rate``)."""
+    def fit(cls, config: ModelConfig, clips: Iterable[np.ndarray], weights: np.ndarray | None = None) -> "Codec":
+        """Principal components of the weighted log-magnitude frames of mono ``clips`` (at ``config.sample_rate``;
+        ``weights`` [bins], by default :func:`bin_weights`)."""
         window = sine_window(config.n_fft)
         frames = []
         for audio in clips:
@@ -116,10 +130,11 @@ class Codec:
             raise ValueError(f"fitting {config.latent_size} components needs at least {config.latent_size} "
                              f"frames, got {data.shape[0]}")
         mean = data.mean(0)
-        values, vectors = np.linalg.eigh(np.cov(data - mean, rowvar=False))
+        weights = bin_weights(config) if weights is None else np.asarray(weights, np.float64)
+        values, vectors = np.linalg.eigh(np.cov((data - mean) * weights, rowvar=False))
         components = vectors[:, np.argsort(values)[::-1][: config.latent_size]].T
         components *= np.sign(components.sum(1, keepdims=True) + 1e-12)  # a fixed sign per component
-        return cls(config, mean, components)
+        return cls(config, mean, components, weights)
 
     def save(self, folder: str | Path) -> Path:
         from safetensors.numpy import save_file
@@ -127,7 +142,8 @@ class Codec:
         path = Path(folder) / CODEC_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        save_file({"mean": self.mean, "components": self.components}, str(tmp), metadata={"codec": CODEC_VERSION})
+        save_file({"mean": self.mean, "components": self.components, "weights": self.weights}, str(tmp),
+                  metadata={"codec": CODEC_VERSION})
         tmp.replace(path)
         return path
 
@@ -145,7 +161,7 @@ class Codec:
                 version = (f.metadata() or {}).get("codec")
                 if version != CODEC_VERSION:
                     raise ConfigError(f"{path}: codec {version!r}; this lmdm reads {CODEC_VERSION!r}")
-                return cls(config, f.get_tensor("mean"), f.get_tensor("components"))
+                return cls(config, *(f.get_tensor(name) for name in ("mean", "components", "weights")))
         except (SafetensorError, OSError, KeyError) as e:
             raise ConfigError(f"{path}: not a readable codec basis ({e})") from None
 

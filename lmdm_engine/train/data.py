@@ -231,9 +231,9 @@ def load_clips(data: str | Path, codec: Codec, split: str) -> LatentClips:
     return folder_clips(data, codec, split)
 
 
-def fit_codec(data: str | Path, config: ModelConfig, max_files: int = 600) -> Codec:
+def fit_codec(data: str | Path, config: ModelConfig, max_files: int = 600, weights: np.ndarray | None = None) -> Codec:
     """A codec basis fitted on up to ``max_files`` training files of ``data`` (a corpus or a folder of audio),
-    spread evenly over them."""
+    spread evenly over them (``weights``: see :meth:`Codec.fit`)."""
     data = Path(data)
     if (data / "metadata.jsonl").is_file():
         files = [data / r["file"] for r in _corpus_rows(data, "train")]
@@ -241,7 +241,7 @@ def fit_codec(data: str | Path, config: ModelConfig, max_files: int = 600) -> Co
         files = _folder_files(data, "train")
     files = files[:: max(1, len(files) // max_files)][:max_files]
     return Codec.fit(config, (read_audio_mono(p, config.sample_rate)
-                              for p in tqdm(files, desc="fitting the codec", leave=False)))
+                              for p in tqdm(files, desc="fitting the codec", leave=False)), weights)
 
 
 def fit_latent_scale(clips: LatentClips, floor_fraction: float = 0.05) -> np.ndarray:
