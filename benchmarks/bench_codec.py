@@ -7,7 +7,8 @@ training clips (``Codec.fit``); a log-mel filterbank of K bands with its pseudo-
 random; a phase vocoder without phase locking (each bin advances at its own peak's frequency); rigid phase locking
 to the peaks (Laroche & Dolson 1999) with the bins in a peak's region taking its phase; the same, with the sine
 window's side-lobe signs (the shipped decoder, ``codec.peak_locked_phases``). Columns as in bench_sound.py
-(FD against the original clips, level error, flatness ratio and harmonicity on pitched clips).
+(FD against the original clips, level error, flatness ratio and harmonicity on pitched clips, and the share of
+the pitched clips' voiced frames whose pitch is kept within 50 cents).
 
     python benchmarks/bench_codec.py [--data data/corpus] [--clips 64] [--fit-files 600] [--markdown] [--json OUT]
 """
@@ -26,7 +27,7 @@ from _common import machine, print_table
 from bench_sound import Heldout, measured
 from lmdm_engine.core.codec import Codec, frame_spectra, peak_locked_phases, sine_window
 from lmdm_engine.core.config import ModelConfig
-from lmdm_engine.core.metrics import mel_filterbank
+from lmdm_engine.core.metrics import mel_filterbank, pitch_kept
 from lmdm_engine.train.data import fit_codec
 
 
@@ -131,11 +132,13 @@ def main() -> None:
             m = mags[mag_name](s)
             outs.append(framing.audio(m * np.exp(1j * phases[phase_name](s, m))))
         refs = [a[: len(o)] for a, o in zip(clips, outs)]
-        rows[f"{mag_name} magnitudes, {phase_name} phases"] = measured(outs, refs, pitched, config.sample_rate)
+        row = measured(outs, refs, pitched, config.sample_rate)
+        row["pitch"] = float(np.nanmean([pitch_kept(refs[i], outs[i], config.sample_rate) for i in pitched]))
+        rows[f"{mag_name} magnitudes, {phase_name} phases"] = row
     print(f"# codec oracle: {args.clips} held-out clips of {args.data}, {machine()}, {time.perf_counter() - start:.0f} s")
-    print_table(["magnitudes, phases", "FD", "level", "flat", "harm"],
-                [[name, f"{r['FD']:.1f}", f"{r['level']:+.1f} dB", f"{r['flat']:.2f}x", f"{r['harm']:.2f}"]
-                 for name, r in rows.items()], args.markdown)
+    print_table(["magnitudes, phases", "FD", "level", "flat", "harm", "pitch"],
+                [[name, f"{r['FD']:.1f}", f"{r['level']:+.1f} dB", f"{r['flat']:.2f}x", f"{r['harm']:.2f}",
+                  f"{100 * r['pitch']:.0f}%"] for name, r in rows.items()], args.markdown)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "settings": vars(args), "rows": rows}, indent=2) + "\n")
 

@@ -135,7 +135,7 @@ def continuation(runtime, held: Heldout, n: int, steps: int, seed: int) -> tuple
     return rows, {"input": real[0], "continuation": candidates["continuation"][0]}
 
 
-def _wet(runtime, audio: np.ndarray, preset, **overrides) -> np.ndarray:
+def wet_signal(runtime, audio: np.ndarray, preset, **overrides) -> np.ndarray:
     """The Session's wet signal (mix 1) for ``audio``, aligned with it by the reported latency."""
     params = resolve_preset(preset, {**overrides, "mix": 1.0}).params
     session = Session(runtime, runtime.config.sample_rate, 1, params)
@@ -158,7 +158,7 @@ def echoes(runtime, held: Heldout, n: int, classifier) -> tuple[dict, dict]:
     pitched = [k for k, i in enumerate(idx) if i in set(held.pitched)]
     rows, pictures = {}, {}
     for preset in list_presets():
-        wet = [_wet(runtime, a, preset) for a in inputs]
+        wet = [wet_signal(runtime, a, preset) for a in inputs]
         row = measured(wet, inputs, pitched, sr)
         timbre = preset_timbre(preset)
         if timbre and classifier is not None:
@@ -173,7 +173,7 @@ def pitch(runtime, held: Heldout, n: int) -> dict:
     clips = [held.audio[i] for i in held.pitched[:n]]
     kept = {}
     for s in PITCH_STRENGTHS:
-        wet = [_wet(runtime, a, DEFAULT_PRESET, strength=s, feedback=0.0) for a in clips]
+        wet = [wet_signal(runtime, a, DEFAULT_PRESET, strength=s, feedback=0.0) for a in clips]
         kept[s] = float(np.nanmean([pitch_kept(a, w, sr) for a, w in zip(clips, wet)]))
     return {f"pitch: {DEFAULT_PRESET}, feedback 0": {"pitch": " / ".join(f"{100 * kept[s]:.0f}%" for s in kept),
                                                    "pitch_by_strength": kept}}
