@@ -40,10 +40,10 @@ class ModelConfig:
     hop: int = 512
     latent_size: int = 128  # principal components of the log-magnitude kept per frame
     log_floor: float = 1e-3  # log(|X| + log_floor): magnitudes far below it are not told apart
-    # Denoiser: block-causal DiT.
-    width: int = 192
+    # Denoiser: block-causal DiT, at the shipped model's size (docs/SOUND.md: sizes against per-block time).
+    width: int = 256
     depth: int = 6
-    heads: int = 3
+    heads: int = 4
     mlp_ratio: float = 4.0
     block_frames: int = 22  # default block length (= delay time), about 0.51 s
     window_blocks: int = 4  # W: a block attends to itself and W-1 blocks of context
