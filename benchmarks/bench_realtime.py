@@ -5,13 +5,19 @@ signal (decaying sine notes plus a little noise) in host buffers of ``--buffer``
 Reported: audio seconds, wall seconds, real-time factor (audio s / wall s), the mean and p99 time of the
 process() calls that produced a model block, and the peak RSS of this process so far.
 
+``--breakdown`` times the parts of the Session instead (CPU time of this thread, so that other processes on a
+busy machine count less), mono and stereo, as milliseconds per model block and shares of the whole: resample in
+(host -> model rate), encode, model (the ONNX Runtime or torch runs), sampler (the rest of a block: sampling
+arithmetic, noise, the context), decode, resample out, and mixing (sanitising, FIFOs, the wet/dry mix, Python).
+
     python benchmarks/bench_realtime.py [--runtime onnx|torch] [--preset NAME] [--sample-rate 48000] [--seconds 20]
-                                        [--threads N] [--markdown]
+                                        [--threads N] [--markdown] [--breakdown]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import resource
 import time
 
@@ -75,6 +81,65 @@ def run(runtime, preset: str, channels: int, sample_rate: int, seconds: float, b
             f"{peak_mib:.0f}"]
 
 
+PARTS = ("resample in", "encode", "model", "sampler", "decode", "resample out", "mixing")
+
+
+def _time_calls(owner, method: str, part: str, totals: dict) -> None:
+    """Replace ``owner.method`` by a wrapper that adds its CPU time to ``totals[part]``."""
+    inner = getattr(owner, method)
+
+    def timed(*args, **kwargs):
+        start = time.thread_time()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            totals[part] += time.thread_time() - start
+    setattr(owner, method, timed)
+
+
+def breakdown(runtime, preset: str, channels: int, sample_rate: int, seconds: float, buffer: int) -> dict:
+    """CPU milliseconds per model block of each of PARTS."""
+    session = Session(runtime, sample_rate, channels, load_preset(preset).params)
+    audio = test_signal(WARMUP_SECONDS + seconds, sample_rate, channels)
+    warm = int(WARMUP_SECONDS * sample_rate)
+    session.process(audio[:, :warm])
+    totals = collections.defaultdict(float)
+    for method in ("write", "read", "process"):  # the resampler in (``process`` in Sessions before this one)
+        if hasattr(session._to_model, method):
+            _time_calls(session._to_model, method, "resample in", totals)
+    _time_calls(session._to_host, "process", "resample out", totals)
+    for codec in (session._codec, session._mix_codec):
+        _time_calls(codec, "encode", "encode", totals)
+        _time_calls(codec, "decode", "decode", totals)
+    model_calls = (runtime.session, "run") if runtime.name == "onnx" else (runtime, "velocity")
+    _time_calls(*model_calls, "model", totals)
+    if runtime.name != "onnx":
+        _time_calls(runtime, "append_context", "model", totals)
+    _time_calls(session, "_process_block", "block", totals)
+    _time_calls(session, "process", "all", totals)
+    blocks = session.blocks_processed
+    for i in range(warm, audio.shape[1], buffer):
+        session.process(audio[:, i: i + buffer])
+    blocks = session.blocks_processed - blocks
+    totals["sampler"] = totals["block"] - totals["encode"] - totals["model"] - totals["decode"]
+    totals["mixing"] = totals["all"] - totals["resample in"] - totals["block"] - totals["resample out"]
+    return {part: 1000 * totals[part] / blocks for part in (*PARTS, "all")}
+
+
+def print_breakdown(runtime, preset: str, sample_rate: int, seconds: float, buffer: int, markdown: bool) -> None:
+    parts = {ch: breakdown(runtime, preset, ch, sample_rate, seconds, buffer) for ch in (1, 2)}
+    rows = []
+    for part in (*PARTS, "all"):
+        row = [part]
+        for ch in (1, 2):
+            row += [f"{parts[ch][part]:.2f}", f"{100 * parts[ch][part] / parts[ch]['all']:.1f}%"]
+        rows.append(row)
+    rows.append(["all but the model"] + [cell for ch in (1, 2) for cell in (
+        f"{parts[ch]['all'] - parts[ch]['model']:.2f}", f"{100 * (1 - parts[ch]['model'] / parts[ch]['all']):.1f}%")])
+    print(f"preset {preset}: CPU ms per model block")
+    print_table(["part", "mono ms", "mono share", "stereo ms", "stereo share"], rows, markdown)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=None, help="one shipped preset name (default: all of them)")
@@ -85,6 +150,7 @@ def main() -> None:
     parser.add_argument("--runtime", default=DEFAULT_BACKEND, choices=BACKENDS)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the runtime uses)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument("--breakdown", action="store_true", help="time the parts of a block instead")
     args = parser.parse_args()
 
     runtime, source = runtime_for(args.model, args.runtime)
@@ -95,6 +161,10 @@ def main() -> None:
           else f"machine: {machine()}; runtime torch, {args.threads} torch threads")
     print(f"model: {source}; host {args.sample_rate} Hz, buffer {args.buffer} frames; "
           f"{args.seconds:g} s per run after {WARMUP_SECONDS:g} s warm-up")
+    if args.breakdown:
+        for preset in presets:
+            print_breakdown(runtime, preset, args.sample_rate, args.seconds, args.buffer, args.markdown)
+        return
     rows = [run(runtime, preset, channels, args.sample_rate, args.seconds, args.buffer)
             for preset in presets for channels in (1, 2)]
     headers = ["preset", "ch", "steps", "delay ms", "audio s", "wall s", "RTF", "block mean ms", "block p99 ms",

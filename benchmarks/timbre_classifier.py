@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from lmdm_engine.core.config import TIMBRES
 from lmdm_engine.core.metrics import mel_filterbank
+from lmdm_engine.core.resample import resample
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = ROOT / "runs" / "timbre_classifier"
@@ -66,17 +67,6 @@ SHORT_SECONDS = 2.0  # the held-out evaluation also classifies each clip's first
 
 
 # ---- features ----------------------------------------------------------------------------------------------------
-def _resample(audio: np.ndarray, sr: int, target: int) -> np.ndarray:
-    if sr == target:
-        return audio
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
-    g = gcd(int(sr), int(target))
-    return resample_poly(audio, target // g, sr // g).astype(np.float32)
-
-
 class LogMel:
     """Log-mel frames [n_mels, frames] in torch (the same filterbank as lmdm_engine.metrics.log_mel)."""
 
@@ -89,7 +79,7 @@ class LogMel:
     def __call__(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
         """audio [samples] or [N, samples] (mono float) -> [N, n_mels, frames]."""
         a = np.atleast_2d(np.asarray(audio, np.float32))
-        a = np.stack([_resample(x, sample_rate, self.s["sample_rate"]) for x in a])
+        a = np.stack([resample(x, sample_rate, self.s["sample_rate"]) for x in a])
         rms = np.sqrt(np.mean(np.square(a, dtype=np.float64), axis=1, keepdims=True))
         a = (a * (self.s["target_rms"] / np.maximum(rms, 1e-6))).astype(np.float32)
         spec = torch.stft(torch.from_numpy(a), self.s["n_fft"], self.s["hop"], window=self.window, center=True,

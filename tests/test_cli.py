@@ -120,10 +120,11 @@ def test_generate_follows_a_sketch_in_time(tmp_path, text_model_dir):
     got, sr = sf.read(out, dtype="float32")
     want = audio.mean(0)
     assert sr == 44100 and got.shape == want.shape
-    # strength 0: the sketch through the codec and two resamplings, its envelope time-aligned within 1 ms (a
-    # mis-trimmed codec latency would be 4 ms off)
+    # strength 0: the sketch through the codec and two resamplings, its envelope time-aligned within 2 ms (a
+    # mis-trimmed codec latency would be 4 ms off; the resamplers are time-aligned, and the debug codec's phase
+    # rebuilding at 8 kHz moves the envelope by about 1 ms on its own: 48 samples here)
     lag, match = envelope_lag(got, want, 44100, 441)
-    assert abs(lag) <= 44 and match > 0.5
+    assert abs(lag) <= 88 and match > 0.5
 
 
 def test_generate_errors_are_clear(tmp_path, text_model_dir, debug_model_dir, capsys, monkeypatch):

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from lmdm_engine.core.audio import tone
-from lmdm_engine.core.codec import StreamingCodec
+from lmdm_engine.core.codec import Codec, StreamingCodec
 from lmdm_engine.core.conditioning import PROMPT_CROSSFADE_BLOCKS
-from lmdm_engine.stream.session import Session
+from lmdm_engine.core.resample import resample
+from lmdm_engine.runtime.torch import TorchRuntime
+from lmdm_engine.stream.session import Session, wet_padding
 
-from conftest import Recording, debug_torch_runtime, envelope_lag, preset_params
+from conftest import Recording, debug_torch_runtime, envelope_lag, preset_params, random_model
 
 SR = 48000
 
@@ -66,6 +68,51 @@ def _lowpassed(audio, sample_rate):
     freqs = np.fft.rfftfreq(audio.shape[1], 1 / sample_rate)
     spec[:, freqs > 3000] = 0
     return np.fft.irfft(spec, audio.shape[1], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("sample_rate", [48000, 44100, 1000])
+def test_latency_samples_is_exact_through_the_resamplers(debug_runtime, sample_rate):
+    """Strength 0 through resamplers: the output is the codec's round trip of the input at the model rate (after
+    the silent first block) resampled back and delayed by the padding, so an input sample's echo lands at
+    padding + (delay + codec latency) * host / model host samples (the resamplers are time-aligned; tested in
+    test_resample.py), and latency_samples is that rounded to a whole sample."""
+    cfg, rate = debug_runtime.config, debug_runtime.config.sample_rate
+    s = make(debug_runtime, sample_rate, channels=1, strength=0.0, feedback=0.0, mix=1.0)
+    audio = tone(1.0, sample_rate, channels=1)
+    out = s.process(audio)
+    block = s.block_frames * cfg.hop
+    model_in = resample(audio, sample_rate, rate)
+    codec = StreamingCodec(debug_runtime.codec, 1)
+    heard = codec.decode(codec.encode(model_in[:, : model_in.shape[1] // block * block]))
+    wet = resample(np.concatenate([np.zeros((1, block), np.float32), heard], 1), rate, sample_rate)
+    pad = wet_padding(sample_rate, rate)
+    n = min(out.shape[1], pad + wet.shape[1]) - pad
+    np.testing.assert_allclose(out[:, pad:pad + n], wet[:, :n], atol=3e-5)  # float rounding: blocked vs whole
+    assert not out[:, :pad].any()
+    exact = pad + (block + cfg.codec_latency) * sample_rate / rate
+    assert abs(s.latency_samples - exact) <= 0.5
+
+
+def test_no_alias_of_an_11_5_khz_probe_through_a_session():
+    """48 kHz host, a 22,050 Hz model, strength 0: the echo is the codec's round trip of the input resampled down
+    and back up. An 11.5 kHz sine would fold to 10,550 Hz (pedalboard's resampler let it through at -34 dB); it
+    stays below -90 dB. The codec (fitted on tones at both frequencies) does carry a 10,550 Hz tone, so a real
+    alias would show."""
+    model = random_model(sample_rate=22050, n_fft=1024, hop=512, latent_size=32)
+    t = np.arange(2 * 22050) / 22050
+    clips = [a * np.sin(2 * np.pi * 1000 * t) + b * np.sin(2 * np.pi * 10550 * t)
+             for a in (0.0, 0.5) for b in (0.0, 1e-4, 1e-2, 0.3)]
+    runtime = TorchRuntime(model, Codec.fit(model.config, [c.astype(np.float32) for c in clips]), "cpu")
+    s = make(runtime, SR, channels=1, strength=0.0, feedback=0.0, mix=1.0)
+    t = np.arange(2 * SR) / SR
+
+    def level_at_10550(audio):
+        s.reset()
+        echo = s.process(audio.astype(np.float32)[None])[0, SR:]  # a whole second: 1 Hz bins
+        return 20 * np.log10(np.abs(np.fft.rfft(echo))[10550] * 2 / SR / 0.5 + 1e-30)
+
+    assert level_at_10550(0.5 * np.sin(2 * np.pi * 11500 * t)) < -90
+    assert level_at_10550(0.5 * 0.01 * np.sin(2 * np.pi * 10550 * t)) > -70  # a tone at -40 dB comes back
 
 
 @pytest.mark.parametrize("kind", ["silence", "clipping", "nan_inf", "dc", "huge"])
@@ -180,8 +227,8 @@ def test_five_thousand_blocks_with_bounded_state(debug_runtime):
     audio = (0.1 * rng.standard_normal((1, block * 50))).astype(np.float32)
 
     def state_sizes():
-        return ({k: v.shape for k, v in s._stream.state.items()}, s._context.shape, s._in_fifo.shape,
-                sum(a.shape[1] for a in s._wet_fifo))
+        return ({k: v.shape for k, v in s._stream.state.items()}, s._context.shape, s._to_model._buf.shape,
+                s._wet._buf.shape, len(s._wet))
 
     for _ in range(10):
         s.process(audio)

@@ -129,26 +129,27 @@ def _read_sketch(path: str, sample_rate: int):
     """The sketch file as mono float32 at the model rate (channels averaged), and its duration in seconds."""
     import pedalboard.io
 
+    from lmdm_engine.core.resample import resample
+
     try:
         with pedalboard.io.AudioFile(path) as f:
-            seconds = f.frames / f.samplerate
-            with f.resampled_to(sample_rate) as r:
-                audio = r.read(r.frames)
+            seconds, rate = f.frames / f.samplerate, int(round(f.samplerate))
+            audio = f.read(f.frames)
     except Exception as e:  # pedalboard raises several types for unreadable files
         raise ValueError(f"--sketch {path}: cannot read it as audio ({e})") from None
-    return audio.mean(0).astype("float32"), seconds
+    return resample(audio.mean(0), rate, sample_rate), seconds
 
 
 def _write_stream(path: Path, blocks, source_rate: int, target_rate: int, frames: int) -> None:
     """Write mono model-rate blocks to ``path`` at ``target_rate`` (exactly ``frames`` frames), atomically."""
     import numpy as np
     import soundfile as sf
-    from pedalboard.io import StreamResampler
 
     from lmdm_engine.core.files import atomic_write
+    from lmdm_engine.core.resample import Resampler
 
     fmt = {".wav": "WAV", ".flac": "FLAC"}[path.suffix.lower()]
-    resampler = StreamResampler(source_rate, target_rate, 1) if source_rate != target_rate else None
+    resampler = Resampler(source_rate, target_rate)
     written = 0
     with atomic_write(path) as partial, sf.SoundFile(partial, "w", target_rate, 1, subtype="PCM_24", format=fmt) as f:
         def write(audio):
@@ -158,9 +159,8 @@ def _write_stream(path: Path, blocks, source_rate: int, target_rate: int, frames
             written += audio.shape[0]
 
         for block in blocks:
-            write(resampler.process(block[None])[0] if resampler else block)
-        if resampler:
-            write(resampler.process()[0])
+            write(resampler.process(block[None])[0])
+        write(resampler.flush()[0])
         write(np.zeros(frames - written, np.float32))
 
 

@@ -173,33 +173,42 @@ def peak_locked_phases(log_mag: np.ndarray, psi: np.ndarray, omega: np.ndarray, 
     bins] (+-1: the frame's linear phase, (-1)^k, times the window's side-lobe sign), psi, omega): bin k of
     frame j is ``sign * |X| * exp(i phase)``. Everything but the phase recursion runs on all frames at once."""
     c, f, bins = log_mag.shape
+    n = log_mag.size
     k = np.arange(bins, dtype=np.int16)
-    peak = np.zeros(log_mag.shape, bool)
     rising = np.zeros(log_mag.shape, bool)
     np.less(log_mag[..., :-1], log_mag[..., 1:], out=rising[..., :-1])
-    peak[..., 1:] = rising[..., :-1] & ~rising[..., 1:]  # the spectrum rose into k and does not rise after it
-    peak[..., -1] = False
+    peak = np.zeros(log_mag.shape, bool)
+    np.greater(rising[..., :-2], rising[..., 1:-1], out=peak[..., 1:-1])  # rose into k and does not rise after it
+    # the nearest peak on either side of each bin, over the flattened frames (then kept to the bin's own frame)
+    peaks = np.flatnonzero(peak)
+    left = np.repeat(np.append(-1, peaks), np.diff(peaks, prepend=0, append=n)).reshape(log_mag.shape)
+    right = np.repeat(np.append(peaks, n), np.diff(peaks + 1, prepend=0, append=n)).reshape(log_mag.shape)
+    start = (np.arange(c * f) * bins).reshape(c, f, 1)  # each frame's first flat position
+    has_left, has_right = left >= start, right < start + bins
     # each bin belongs to the peak its slope climbs to: the right one where the spectrum rises, else the left
-    left = np.maximum.accumulate(np.where(peak, k, np.int16(-1)), axis=-1)
-    right = np.minimum.accumulate(np.where(peak, k, np.int16(bins))[..., ::-1], axis=-1)[..., ::-1]
-    owner = np.where((rising & (right < bins)) | (left < 0), right, left)
-    owner = np.where(owner >= bins, k, owner).astype(np.intp)  # no peak at all: each bin keeps its own
-    flat = np.clip(owner, 1, bins - 2) + (np.arange(c * f) * bins).reshape(c, f, 1)  # into the flattened frames
-    a, b, d = (log_mag.take(flat + s) for s in (-1, 0, 1))  # the owning peak and its neighbours
+    # (and with no peak that way, to itself)
+    owned = np.where((rising & has_right) | ~has_left, np.where(has_right, right, start + k), left)  # flat
+    owner = owned - start
+    # each peak's fractional position: a parabola through its log-magnitude and its neighbours
+    flat = log_mag.reshape(-1)
+    a, b, d = flat[peaks - 1], flat[peaks], flat[peaks + 1]
     curve = a - 2 * b + d
+    offset = np.zeros(n)
     with np.errstate(divide="ignore", invalid="ignore"):
-        centre = owner + np.where(peak.take(flat) & (curve < 0), np.clip(0.5 * (a - d) / curve, -0.5, 0.5), 0.0)
+        offset[peaks] = np.where(curve < 0, np.clip(0.5 * (a - d) / curve, -0.5, 0.5), 0.0)
+    centre = owner + offset.take(owned)
     lobe = np.floor(np.maximum(np.abs(k - centre), 0.5) - 0.5).astype(np.int16)  # 0 in the main lobe
     sign = 1.0 - 2.0 * ((lobe + k) & 1).astype(np.float32)
     freq = (2 * np.pi / n_fft) * centre  # [C, F, bins] float64: the owning peak's frequency
     advance = np.empty(freq.shape)  # phase advance over the hop into each frame: the mean of both frequencies
     advance[:, 0] = omega
     advance[:, 1:] = freq[:, :-1]
-    advance = (0.5 * hop) * (advance + freq)
-    rows = (np.arange(c) * bins)[:, None]
-    out = np.empty(log_mag.shape, np.float64)
+    advance += freq
+    advance *= 0.5 * hop
+    owner += (np.arange(c) * bins)[:, None, None]  # into [C * bins]: the frames' phases side by side
+    out = np.empty(log_mag.shape)
     for j in range(f):
-        psi = (psi + advance[:, j]).take(owner[:, j] + rows)
+        psi = (psi + advance[:, j]).take(owner[:, j])
         out[:, j] = psi
     out -= (2 * np.pi) * np.rint(out / (2 * np.pi))  # into [-pi, pi]: bounded in endless streams
     return out.astype(np.float32), sign, out[:, -1].copy(), freq[:, -1].copy()
@@ -250,8 +259,11 @@ class StreamingCodec:
         phase, sign, self.state["decoder_phase"], self.state["decoder_frequency"] = peak_locked_phases(
             log_mag, self.state["decoder_phase"], self.state["decoder_frequency"], cfg.hop, cfg.n_fft)
         mag = (np.exp(log_mag.astype(np.float32)) - cfg.log_floor) * sign
-        segments = np.fft.irfft(mag * np.cos(phase) + 1j * (mag * np.sin(phase)), cfg.n_fft, axis=-1)
-        segments = (segments * codec.synthesis_window).astype(np.float32)  # [C, F, n_fft]
+        spectra = np.empty(mag.shape, np.complex64)
+        np.multiply(mag, np.cos(phase), out=spectra.real)
+        np.multiply(mag, np.sin(phase), out=spectra.imag)
+        segments = np.fft.irfft(spectra, cfg.n_fft, axis=-1)  # [C, F, n_fft] float32
+        segments *= codec.synthesis_window
         out = np.zeros((self.channels, (frames + 1) * cfg.hop), np.float32)
         out[:, : cfg.hop] = self.state["decoder_overlap"]
         # 50% overlap: each segment is two hops, its first half completes the previous one's second half

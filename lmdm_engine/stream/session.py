@@ -1,6 +1,6 @@
 """The generative delay: the streaming unit a host holds (one per track).
 
-    host buffer -> sanitise -> resample to the model rate -> FIFO of model blocks
+    host buffer -> sanitise -> resampler to the model rate (the input FIFO: a block is read when complete)
       per block: encode -> context = (1 - feedback) * input + feedback * last echo -> KV cache
                  next echo = sample(noised delayed context, strength, steps, conditioning) -> decode
     -> resample back -> wet FIFO -> wet/dry mix -> host buffer (same length)
@@ -24,14 +24,13 @@ delay is exactly that horizon: it plays in time with the input. Strength and fee
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
-from pedalboard.io import StreamResampler
 
-from lmdm_engine.core.audio import channels_first
+from lmdm_engine.core.audio import Fifo, channels_first
 from lmdm_engine.core.codec import StreamingCodec
 from lmdm_engine.core.conditioning import ConditioningFade, prompt_conditioning
+from lmdm_engine.core.resample import Resampler, filter_for
 from lmdm_engine.runtime.interface import Runtime
 from lmdm_engine.runtime.latent_stream import LatentStream
 
@@ -44,29 +43,16 @@ MIX_RAMP_SECONDS = 0.01
 
 
 @functools.lru_cache(maxsize=64)
-def _resampler_lag(source_rate: int, target_rate: int) -> int:
-    """Most output samples a StreamResampler holds back when fed one sample at a time (measured, deterministic)."""
-    r = StreamResampler(source_rate, target_rate, 1)
-    ratio = target_rate / source_rate
-    fed = produced = 0
-    lag = 0.0
-    one = np.zeros((1, 1), np.float32)
-    for _ in range(int(4 * source_rate / math.gcd(source_rate, target_rate)) + 512):
-        fed += 1
-        produced += r.process(one).shape[1]
-        lag = max(lag, fed * ratio - produced)
-    return int(math.ceil(lag)) + 1
-
-
-class ChannelResampler:
-    """pedalboard's windowed-sinc StreamResampler, one per channel (its layout guess fails on 1- and 2-frame
-    stereo buffers). Output is chunking-independent and time-aligned with the input."""
-
-    def __init__(self, source_rate: int, target_rate: int, channels: int):
-        self._resamplers = [StreamResampler(source_rate, target_rate, 1) for _ in range(channels)]
-
-    def process(self, audio: np.ndarray) -> np.ndarray:
-        return np.concatenate([r.process(audio[c: c + 1]) for c, r in enumerate(self._resamplers)], 0)
+def wet_padding(host_rate: int, model_rate: int) -> int:
+    """Host samples of silence the wet FIFO starts with so that it never runs dry, whatever the host buffer size:
+    the most the two resamplers hold back, exactly. Wet sample q needs ``up.inputs_for(q + 1)`` model samples of
+    echo; the echo fed to ``up`` is always at least one sample ahead of the model-rate input ready (the block being
+    collected has its echo's length fed already), so wet sample q is ready once the host has sent the input of
+    ``up.inputs_for(q + 1) - 1`` model samples. That is periodic in q, over one period of the conversion."""
+    if host_rate == model_rate:
+        return 0
+    down, up = filter_for(host_rate, model_rate), filter_for(model_rate, host_rate)
+    return max(0, max(down.inputs_for(up.inputs_for(q + 1) - 1) - q - 1 for q in range(2 * up.up)))
 
 
 class Session:
@@ -136,9 +122,12 @@ class Session:
 
     @property
     def latency_samples(self) -> int:
-        """Host samples from an input sample to its echo in the wet path (delay + codec + resampler)."""
+        """Host samples from an input sample to its echo in the wet path: the resamplers' hold-back, the delay and
+        the codec's latency (the resamplers are time-aligned, so this is exact but for rounding the delay to a
+        whole number of host samples)."""
         model_delay = self._next_frames * self.config.hop + self.config.codec_latency
-        return self._wet_padding + int(round(model_delay * self.sample_rate / self.config.sample_rate))
+        rate = self.config.sample_rate
+        return self._wet_padding + (2 * model_delay * self.sample_rate + rate) // (2 * rate)
 
     def reset(self) -> None:
         """Forget all audio: fresh codec, cache, FIFOs, resamplers and noise stream (parameters are kept)."""
@@ -153,33 +142,23 @@ class Session:
         self._next_frames = self._block_frames_for(self.params)
         self._echo = np.zeros((c, self._next_frames, cfg.latent_dim), np.float32)  # echo playing now
         self._played = np.zeros((c, self._next_frames * cfg.hop), np.float32)  # its audio (model rate)
-        self._in_fifo = np.zeros((c, 0), np.float32)
-        resampled = self.sample_rate != cfg.sample_rate
-        self._to_model = ChannelResampler(self.sample_rate, cfg.sample_rate, c) if resampled else None
-        self._to_host = ChannelResampler(cfg.sample_rate, self.sample_rate, c) if resampled else None
-        self._wet_padding = (
-            _resampler_lag(self.sample_rate, cfg.sample_rate) * self.sample_rate // cfg.sample_rate + 1
-            + _resampler_lag(cfg.sample_rate, self.sample_rate)
-            if resampled else 0
-        )
+        self._to_model = Resampler(self.sample_rate, cfg.sample_rate, c)  # also the input FIFO
+        self._to_host = Resampler(cfg.sample_rate, self.sample_rate, c)
+        self._wet_padding = wet_padding(self.sample_rate, cfg.sample_rate)
         # the first block plays silence on the wet path: its echo only exists once it has been heard
-        first = np.zeros((c, self._next_frames * cfg.hop), np.float32)
-        self._wet_fifo = [np.zeros((c, self._wet_padding), np.float32), self._to_host_rate(first)]
-        self._wet_available = sum(a.shape[1] for a in self._wet_fifo)
+        self._wet = Fifo(c)
+        self._wet.write(np.zeros((c, self._wet_padding), np.float32))
+        self._wet.write(self._to_host.process(np.zeros((c, self._next_frames * cfg.hop), np.float32)))
         self._mix = self.params.mix
         self.blocks_processed = 0
         self.input_faults = 0  # buffers that held NaN or Inf (sanitised to silence)
 
     # ---- processing -----------------------------------------------------------------------------
-    def _to_host_rate(self, audio: np.ndarray) -> np.ndarray:
-        return self._to_host.process(audio) if self._to_host is not None else audio
-
     def _sanitise(self, buffer) -> np.ndarray:
         a = channels_first(buffer, self.channels, "a buffer").astype(np.float32, copy=True)
-        bad = ~np.isfinite(a)
-        if bad.any():
+        if not np.isfinite(a).all():
             self.input_faults += 1
-            a[bad] = 0.0
+            a[~np.isfinite(a)] = 0.0
         return a
 
     def process(self, buffer) -> np.ndarray:
@@ -188,30 +167,24 @@ class Session:
         n = dry.shape[1]
         if n == 0:
             return dry.reshape(np.shape(buffer))
-        model_in = np.clip(dry, -INPUT_LIMIT, INPUT_LIMIT)
-        if self._to_model is not None:
-            model_in = self._to_model.process(model_in)
-        self._in_fifo = np.concatenate([self._in_fifo, model_in], 1)
-        while self._in_fifo.shape[1] >= self._next_frames * self.config.hop:
-            size = self._next_frames * self.config.hop
-            block, self._in_fifo = self._in_fifo[:, :size], self._in_fifo[:, size:]
-            wet = self._to_host_rate(self._process_block(block))
-            self._wet_fifo.append(wet)
-            self._wet_available += wet.shape[1]
-        wet = self._pop_wet(n)
-        out = dry + self._mix_ramp(n)[None, :] * (wet - dry)
+        self._to_model.write(np.clip(dry, -INPUT_LIMIT, INPUT_LIMIT))
+        # a block is read the moment its input is complete, so every resampler call is the same whatever the
+        # host's buffer size (and so is the output, to the bit)
+        while self._to_model.available >= self._next_frames * self.config.hop:
+            block = self._to_model.read(self._next_frames * self.config.hop)
+            self._wet.write(self._to_host.process(self._process_block(block)))
+        if len(self._wet) < n:  # cannot happen: the padding covers the resamplers' worst-case hold-back
+            raise RuntimeError(f"wet FIFO underrun ({len(self._wet)} < {n} samples)")
+        out = self._wet.read(n) - dry  # out = dry + mix * (wet - dry)
+        out *= self._mix_gain(n)
+        out += dry
         return out.reshape(np.shape(buffer)) if np.ndim(buffer) == 1 else out
 
-    def _pop_wet(self, n: int) -> np.ndarray:
-        if self._wet_available < n:  # cannot happen: the padding covers the resamplers' worst-case hold-back
-            raise RuntimeError(f"wet FIFO underrun ({self._wet_available} < {n} samples)")
-        wet = np.concatenate(self._wet_fifo, 1)
-        self._wet_fifo = [wet[:, n:]]
-        self._wet_available -= n
-        return wet[:, :n]
-
-    def _mix_ramp(self, n: int) -> np.ndarray:
+    def _mix_gain(self, n: int):
+        """The mix for the next ``n`` samples: a number, or a ramp [n] toward a new mix."""
         target = self.params.mix
+        if self._mix == target:
+            return target
         step = 1.0 / max(1.0, MIX_RAMP_SECONDS * self.sample_rate)
         ramp = self._mix + np.sign(target - self._mix) * step * np.arange(1, n + 1)
         ramp = np.minimum(ramp, target) if target >= self._mix else np.maximum(ramp, target)
@@ -232,7 +205,8 @@ class Session:
             context = (1.0 - p.feedback) * heard + p.feedback * self._echo
         self._stream.append(context)
         n = context.shape[1]
-        self._context = np.concatenate([self._context[:, n:], context], 1)
+        self._context[:, :-n] = self._context[:, n:]  # (numpy copies overlapping moves through a buffer)
+        self._context[:, -n:] = context
         frames = self._block_frames_for(p)
         start = np.zeros_like(self._context[:, -frames:]) if jam else self._context[:, -frames:]
         shape = (1, frames, cfg.latent_dim)  # shared noise across channels keeps the echo's stereo image

@@ -14,6 +14,7 @@ from lmdm_engine.core.codec import Codec, encode_clip
 from lmdm_engine.core.conditioning import conditioning_vectors
 from lmdm_engine.core.config import ModelConfig
 from lmdm_engine.core.files import atomic_write
+from lmdm_engine.core.resample import resample
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3")
 
@@ -58,15 +59,15 @@ class LatentClips:
 
 
 def read_audio_mono(path: Path, sample_rate: int) -> np.ndarray:
-    """Any file pedalboard can read, mixed to mono and resampled (windowed sinc) to ``sample_rate``."""
+    """Any file pedalboard can read, mixed to mono and resampled (core/resample.py) to ``sample_rate``."""
     from pedalboard.io import AudioFile
 
     try:
-        with AudioFile(str(path)).resampled_to(sample_rate) as f:
-            audio = f.read(f.frames)
+        with AudioFile(str(path)) as f:
+            rate, audio = int(round(f.samplerate)), f.read(f.frames)
     except Exception as e:  # pedalboard raises several types for unreadable files
         raise ValueError(f"{path}: cannot read audio ({e})") from None
-    return audio.mean(0).astype(np.float32)
+    return resample(audio.mean(0), rate, sample_rate)
 
 
 def _cached(cache_path: Path, build) -> LatentClips:
