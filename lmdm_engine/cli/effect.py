@@ -30,6 +30,18 @@ def _usage_error(message: str) -> int:
     return 2
 
 
+def _ray_address(text: str) -> str:
+    """--ray's address, checked as it is parsed: ``lmdm process --ray stems/ -o out`` reads stems/ as the address."""
+    import argparse
+
+    from lmdm_engine.io.ray_batch import RayUnavailable, check_address
+
+    try:
+        return check_address(text)
+    except RayUnavailable as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_process(args) -> int:
     """Exit code 0: every output written (or skipped, existing); 1: a file failed (or, with --dry-run, cannot be
     used); 2: nothing run (bad request); 128 + signal number: interrupted (partial files removed; rerun with
@@ -45,6 +57,13 @@ def cmd_process(args) -> int:
     from lmdm_engine.io.effect import GenerativeDelay
     from lmdm_engine.io.presets import PresetError, resolve_preset
 
+    if args.ray is not None:  # the plain runner never imports Ray
+        from lmdm_engine.io import ray_batch
+
+        try:
+            ray_batch.require_ray()
+        except ray_batch.RayUnavailable as e:
+            return _usage_error(str(e))
     overrides = _parse_set(args.set)
     for field in ("prompt", "guidance", "mode"):
         if getattr(args, field) is not None:
@@ -72,21 +91,32 @@ def cmd_process(args) -> int:
 
     discard_stale_partials(plan.skipped)
     results = plan.failed + [skipped_result(job) for job in plan.skipped]
+    ray_run, jobs = None, args.jobs or 1
+    if args.ray is not None and plan.jobs:
+        try:
+            ray_run = ray_batch.RayRun(settings, args.ray, args.jobs, show_progress=not args.quiet)  # Ray's start-up
+        except ray_batch.RayUnavailable as e:
+            return _usage_error(str(e))
+        jobs = ray_run.actors
     interrupted = None
     start = time.perf_counter()
     previous_handler = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
-        with closing(run_batch(plan.jobs, settings, args.jobs, show_progress=not args.quiet)) as finished:
+        run = ray_run.run(plan.jobs) if ray_run else run_batch(plan.jobs, settings, jobs, show_progress=not args.quiet)
+        with closing(run) as finished:
             results.extend(finished)
     except (KeyboardInterrupt, Interrupted) as e:
         interrupted = e
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
-    wall = time.perf_counter() - start
+        wall = time.perf_counter() - start
+        if ray_run:
+            ray_run.close()  # after the clock: stopping Ray is not the run's time
     results.sort(key=lambda r: r.source)
     print(summary_table(results, wall))
     if args.report:
-        report = batch_report(results, settings, args.jobs, wall, interrupted=interrupted is not None)
+        report = batch_report(results, settings, jobs, wall, interrupted=interrupted is not None,
+                              runner=ray_run.report() if ray_run else None)
         print(f"report: {write_report(args.report, report)}")
     if interrupted is not None:
         print("interrupted: partial files removed; run the same command with --skip-existing to go on",
@@ -258,7 +288,13 @@ def add_process_parser(subparsers) -> None:
                    help="output bit depth: integer, or 32 for 32-bit float (wav only); default 24")
     p.add_argument("--tail", type=non_negative_float, default=0.0, metavar="SECONDS",
                    help="add this much silence after each input so the echoes ring out")
-    p.add_argument("--jobs", type=positive_int, default=1, help="files processed at once, in worker processes")
+    p.add_argument("--jobs", type=positive_int, default=None,
+                   help="files processed at once: worker processes (default 1), or with --ray actors (default: one "
+                        "per CPU of the cluster)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS", type=_ray_address,
+                   help="process on Ray actors: no ADDRESS (or 'local') starts a Ray instance on this machine; 'auto' "
+                        "or ray://HOST:PORT joins a cluster, whose nodes must see the inputs and outputs at the same "
+                        'paths (needs the ray extra: pip install "lmdm[ray]")')
     p.add_argument("--skip-existing", action="store_true", help="leave outputs that exist alone (resume a run)")
     p.add_argument("--dry-run", action="store_true", help="list what would be done, and do nothing")
     p.add_argument("--report", default=None, metavar="JSON", help="write a JSON report of the run here")

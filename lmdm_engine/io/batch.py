@@ -9,6 +9,10 @@ leading folders, a named file its name; the suffix becomes the output format's. 
 whose suffix pedalboard reads (hidden files and the output folder are left out); a file named on its own is always
 tried. Each file is read, processed and written buffer by buffer (constant memory, whatever its length), written
 to ``<output>.partial`` and renamed when complete. A file that fails is reported with its reason; the rest go on.
+
+One per-file function, ``FileProcessor`` (it loads the effect once, then ``process_file`` for each job); the runners
+differ only in who calls it: ``run_batch`` here (in this process, or in ``--jobs`` worker processes) and
+``ray_batch.RayRun`` (in Ray actors; imported only for ``--ray``).
 """
 
 from __future__ import annotations
@@ -153,6 +157,9 @@ class FileResult:
     peak: float = 0.0  # largest absolute output sample before it was written
     clipped_samples: int = 0  # samples beyond full scale, clipped (integer formats only)
     spectrogram: str | None = None
+    attempts: int = 0  # times the file was processed: 1, or 2 when a Ray run retried it (0: planned out, skipped)
+    worker: str | None = None  # who processed it, on Ray: 'actor 3'
+    node: str | None = None  # and on which machine (Ray)
 
     @classmethod
     def failed(cls, source, output, note: str) -> "FileResult":
@@ -377,7 +384,7 @@ def _render_file(job: Job, settings: BatchSettings, effect: GenerativeDelay, res
 def process_file(job: Job, settings: BatchSettings, effect: GenerativeDelay,
                  on_progress: Callable[[float], None] | None = None) -> FileResult:
     """Stream one file through the effect into its output; never raises for a bad file (see the result)."""
-    result = FileResult(str(job.source), str(job.output), "failed")
+    result = FileResult(str(job.source), str(job.output), "failed", attempts=1)
     start = time.perf_counter()
     try:
         dry, wet = _render_file(job, settings, effect, result, on_progress)
@@ -401,30 +408,35 @@ def process_file(job: Job, settings: BatchSettings, effect: GenerativeDelay,
     return result
 
 
-class _FileProcessor:
-    """Processes files with one effect, made on first use (so each process loads the model once)."""
+class FileProcessor:
+    """The per-file function of both runners: processes files with one effect, made on first use (so each process
+    or Ray actor loads the model once)."""
 
     def __init__(self, settings: BatchSettings):
         self.settings = settings
         self._effect = None
 
-    def __call__(self, job: Job, on_progress: Callable[[float], None] | None) -> FileResult:
+    def load(self) -> None:
+        """Load the runtime and make the effect now; raises what loading raises."""
         if self._effect is None:
             s = self.settings
-            try:
-                runtime = load_runtime(s.model, backend=s.backend, provider=s.provider)
-                self._effect = GenerativeDelay(s.preset, runtime=runtime)
-            except Exception as e:
-                return FileResult.failed(job.source, job.output, f"cannot set up the effect: {_describe(e)}")
+            self._effect = GenerativeDelay(s.preset, runtime=load_runtime(s.model, backend=s.backend,
+                                                                          provider=s.provider))
+
+    def __call__(self, job: Job, on_progress: Callable[[float], None] | None) -> FileResult:
+        try:
+            self.load()
+        except Exception as e:
+            return FileResult.failed(job.source, job.output, f"cannot set up the effect: {_describe(e)}")
         return process_file(job, self.settings, self._effect, on_progress)
 
 
 # ---- many files -------------------------------------------------------------------------------------------------
-class _ProgressDisplay:
-    """An overall bar (audio seconds of every file) and a bar per file being processed."""
+class ProgressDisplay:
+    """An overall bar (audio seconds of every file) and, with ``file_bars``, a bar per file being processed."""
 
-    def __init__(self, jobs: list[Job], tail_seconds: float, enabled: bool):
-        self._tail, self._enabled = tail_seconds, enabled
+    def __init__(self, jobs: list[Job], tail_seconds: float, enabled: bool, file_bars: bool = True):
+        self._tail, self._enabled, self._file_bars = tail_seconds, enabled, file_bars
         total = sum(self._seconds(job) for job in jobs)
         self._overall = tqdm(total=total, desc=f"{len(jobs)} files", unit="s", position=0,
                              disable=not enabled, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} "
@@ -437,19 +449,23 @@ class _ProgressDisplay:
 
     def start(self, job: Job, slot: int) -> None:
         self._bars[job] = tqdm(total=self._seconds(job), desc=job.source.name[-40:], unit="s",
-                               position=slot, leave=False, disable=not self._enabled,
+                               position=slot, leave=False, disable=not (self._enabled and self._file_bars),
                                bar_format="{desc}: {percentage:3.0f}%|{bar}| {rate_fmt}")
         self._done[job] = 0.0
 
     def advance(self, job: Job, seconds: float) -> None:
         seconds = min(seconds, self._seconds(job) - self._done[job])  # compressed files' lengths are estimates
         self._bars[job].update(seconds)
-        self._overall.update(seconds)
+        self._add(seconds)
         self._done[job] += seconds
 
     def finish(self, job: Job) -> None:
-        self._overall.update(self._seconds(job) - self._done.pop(job))  # a failed file counts as done
+        self._add(self._seconds(job) - self._done.pop(job))  # a failed file counts as done
         self._bars.pop(job).close()
+
+    def _add(self, seconds: float) -> None:
+        # never past the total: sums of many small float updates overshoot it (tqdm then warns)
+        self._overall.update(max(0.0, min(seconds, self._overall.total - self._overall.n)))
 
     def close(self) -> None:
         for bar in self._bars.values():
@@ -461,10 +477,10 @@ def run_batch(jobs: list[Job], settings: BatchSettings, workers: int = 1,
               show_progress: bool = True) -> Iterator[FileResult]:
     """Process the jobs, ``workers`` files at a time (in worker processes when more than one); yields each
     file's result as it finishes. Closing the generator early stops the workers and removes their partial files."""
-    display = _ProgressDisplay(jobs, settings.tail_seconds, show_progress)
+    display = ProgressDisplay(jobs, settings.tail_seconds, show_progress)
     try:
         if workers <= 1 or len(jobs) <= 1:
-            process = _FileProcessor(settings)
+            process = FileProcessor(settings)
             for job in jobs:
                 display.start(job, slot=1)
                 result = process(job, lambda seconds: display.advance(job, seconds))
@@ -501,7 +517,7 @@ def _worker_main(worker: int, settings: BatchSettings, tasks, events, parent_pid
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers
     signal.signal(signal.SIGTERM, raise_interrupted)  # stopped mid-file, a worker removes its partial file
     events.cancel_join_thread()  # a stopped worker exits without waiting for the parent to read its progress
-    process = _FileProcessor(settings)
+    process = FileProcessor(settings)
     with contextlib.suppress(Interrupted):
         for job in iter(tasks.get, None):
             progress = _QueueProgress(events, worker, parent_pid)
@@ -518,7 +534,7 @@ class _Worker:
 
 
 def _run_in_processes(jobs: list[Job], settings: BatchSettings, workers: int,
-                      display: _ProgressDisplay) -> Iterator[FileResult]:
+                      display: ProgressDisplay) -> Iterator[FileResult]:
     context = multiprocessing.get_context("spawn")  # no forked copies of a parent's threads (torch, tqdm)
     events = context.Queue()
     pending = collections.deque(jobs)
@@ -581,13 +597,15 @@ def _run_in_processes(jobs: list[Job], settings: BatchSettings, workers: int,
 
 # ---- reporting --------------------------------------------------------------------------------------------------
 def summary_table(results: list[FileResult], wall_seconds: float) -> str:
-    """One row per file and a totals line."""
-    rows = [("status", "audio s", "rate Hz", "ch", "x real time", "file")]
+    """One row per file and a totals line; a column of who processed each file when a Ray run says so."""
+    by_worker = any(r.worker for r in results)
+    rows = [("status", "audio s", "rate Hz", "ch", "x real time", *(["by"] if by_worker else []), "file")]
     for r in results:
         speed = f"{r.audio_seconds / r.wall_seconds:.1f}" if r.status == "written" and r.wall_seconds else "-"
         where = f"{r.source} -> {r.output}" if r.status == "written" else str(r.source)
+        by = [f"{r.worker} on {r.node}" if r.worker else "-"] if by_worker else []
         rows.append((r.status, f"{r.audio_seconds:.1f}" if r.status == "written" else "-",
-                     f"{r.sample_rate:g}" if r.sample_rate else "-", str(r.channels or "-"), speed,
+                     f"{r.sample_rate:g}" if r.sample_rate else "-", str(r.channels or "-"), speed, *by,
                      where + (f": {r.note}" if r.note else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
@@ -601,8 +619,9 @@ def summary_table(results: list[FileResult], wall_seconds: float) -> str:
 
 
 def batch_report(results: list[FileResult], settings: BatchSettings, workers: int, wall_seconds: float,
-                 interrupted: bool = False) -> dict:
-    """The run as a JSON-ready dict: settings, totals and one entry per file."""
+                 interrupted: bool = False, runner: dict | None = None) -> dict:
+    """The run as a JSON-ready dict: settings, totals and one entry per file; ``runner`` (a Ray run's cluster,
+    actors and start-up) goes in as it is."""
     counts = collections.Counter(r.status for r in results)
     audio = sum(r.audio_seconds for r in results if r.status == "written")
     return {
@@ -628,6 +647,7 @@ def batch_report(results: list[FileResult], settings: BatchSettings, workers: in
             "real_time_factor": audio / wall_seconds if wall_seconds > 0 else None,
         },
         "files": [dataclasses.asdict(r) for r in results],
+        **({"runner": runner} if runner is not None else {}),
     }
 
 
