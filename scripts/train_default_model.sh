@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# The recipe of the shipped default model (lmdm_engine/models/default): about 2 hours on a 2-core CPU.
-# Renders the procedural corpus, trains the bidirectional outpainting baseline, fine-tunes it block-causally,
-# post-trains it with ARC-Forcing, adds text prompts and jamming (a block-causal fine-tune on captions and stems,
-# then ARC-Forcing again; docs/TRAINING.md), evaluates it, copies it into the package and exports it to ONNX
-# (checked against torch). The drift benchmark behind the choices is scripts/train_arc_forcing.sh / docs/DRIFT.md.
-# The text stage needs the text extra (pip install -e ".[train,text]").
+# The recipe of the shipped default model (lmdm_engine/models/default; docs/TRAINING.md): on a 2-core CPU about
+# 2 hours for the block-causal stage and half an hour for ARC-Forcing. Renders the procedural corpus, fits the
+# codec's PCA basis on it and trains the block-causal model from scratch with text prompts and jamming, post-trains
+# it with ARC-Forcing, measures drift, copies the model (config, weights, codec basis) into the package and exports
+# it to ONNX (checked against torch). Needs the train and text extras (pip install -e ".[train,text]").
+#
+# Every stage is resumable: `lmdm train` saves a checkpoint every 200 steps and stops after --max-minutes (the
+# elapsed time counts across resumes). Run the script again to continue; it stops after a stage that did not
+# finish, so a cut-short model is never post-trained, copied or exported.
 set -euo pipefail
+DATA=${DATA:-data/corpus6k}
 RUN=${RUN:-runs/default}
-ARC=${ARC:-runs/arc/default}
-lmdm corpus -o data/corpus --clips 2000 --seconds 4 --jobs 2
-lmdm train --stage outpaint -o "$RUN/outpaint" --data data/corpus --steps 5000 --batch-size 16 --lr 5e-4 --max-minutes 22
-lmdm train --stage lmdm -o "$RUN/lmdm" --init "$RUN/outpaint/model" --data data/corpus --steps 4000 --batch-size 8 --lr 3e-4 --max-minutes 26
-lmdm train --stage arc-forcing -o "$ARC" --init "$RUN/lmdm/model" --data data/corpus --steps 250 --batch-size 8 \
-  --lr 1e-5 --disc-lr 1e-4 --rollout-blocks 8 --ema-decay 0.99 --threads 1 --max-minutes 14
-TEXT=${TEXT:-runs/text}
-TEXT_ARC=${TEXT_ARC:-runs/arc/text}
-lmdm train --stage lmdm -o "$TEXT" --init "$ARC/model" --data data/corpus --text-encoder all-MiniLM-L6-v2 \
-  --accompaniment --style-dropout 0.5 --text-dropout 0.2 --jam-fraction 0.3 --steps 2500 --batch-size 8 --lr 2e-4 \
-  --threads 1 --max-minutes 45
-lmdm train --stage arc-forcing -o "$TEXT_ARC" --init "$TEXT/model" --data data/corpus --steps 250 --batch-size 8 \
-  --lr 1e-5 --disc-lr 1e-4 --rollout-blocks 8 --ema-decay 0.99 --threads 1 --max-minutes 14
-lmdm eval --model "$TEXT_ARC/model" --data data/corpus --clips 128 --blocks 2 --steps 2 -o "$TEXT_ARC/eval.json"
-cp "$TEXT_ARC/model/config.json" "$TEXT_ARC/model/model.safetensors" lmdm_engine/models/default/
+
+finished() {  # finished DIR STEPS: the stage in DIR reached STEPS
+  python - "$1" "$2" <<'EOF'
+import json, sys
+from pathlib import Path
+state = Path(sys.argv[1]) / "train_state" / "state.json"
+step = json.loads(state.read_text())["step"] if state.is_file() else 0
+if step < int(sys.argv[2]):
+    sys.exit(f"{sys.argv[1]}: stopped at step {step} of {sys.argv[2]}; run this script again to continue")
+EOF
+}
+
+[ -f "$DATA/corpus.json" ] || lmdm corpus -o "$DATA" --clips 6000 --seconds 4 --jobs 2
+lmdm train --stage lmdm -o "$RUN/lmdm" --data "$DATA" --text-encoder all-MiniLM-L6-v2 --accompaniment \
+  --style-dropout 0.5 --text-dropout 0.2 --jam-fraction 0.3 --steps 7000 --batch-size 8 --lr 5e-4 \
+  --ema-decay 0.999 --threads 1 --max-minutes 150
+finished "$RUN/lmdm" 7000
+lmdm train --stage arc-forcing -o "$RUN/arc" --init "$RUN/lmdm/model" --data "$DATA" --steps 120 --batch-size 8 \
+  --lr 1e-5 --disc-lr 1e-4 --rollout-blocks 8 --ema-decay 0.99 --threads 1 --max-minutes 40
+finished "$RUN/arc" 120
+python benchmarks/bench_drift.py --outpaint '' --lmdm "$RUN/lmdm/model" --arc "$RUN/arc/model" --data "$DATA" \
+  --steps 2 --contexts 32 --markdown --json docs/drift.json --plot docs/drift.png
+cp "$RUN/arc/model/config.json" "$RUN/arc/model/model.safetensors" "$RUN/arc/model/codec.safetensors" \
+  lmdm_engine/models/default/
 lmdm export lmdm_engine/models/default --verify
