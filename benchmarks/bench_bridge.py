@@ -32,7 +32,15 @@ soak       ``--soak-sessions`` sessions (4) push ``--minutes`` of audio each, as
     python benchmarks/bench_bridge.py roundtrip [--blocks 200] [--pin 0:1] [--markdown]
     python benchmarks/bench_bridge.py client [--blocks 200] [--markdown]
     python benchmarks/bench_bridge.py sessions [--sessions 4,8,12,16,20,24] [--seconds 10] [--markdown]
+abuse      The attacks of issue 18 (benchmarks/bridge_harness.py), one after another against one server with its
+           default limits, each while a well-behaved session plays (TCP, the default preset, a block every
+           ``--good-block`` s with the default deadline). Reported for each: what the bridge did, the
+           well-behaved session's blocks answered on time, the server's resident memory at the session's start
+           and its peak, and the bound it must stay within (1.25 x the start + what the attacker may hold). The
+           forged-source attack needs raw sockets (root).
+
     python benchmarks/bench_bridge.py soak [--minutes 60] [--soak-sessions 4] [--markdown]
+    python benchmarks/bench_bridge.py abuse [--attacks 2,4] [--good-block 0.25] [--markdown]
 """
 
 from __future__ import annotations
@@ -40,14 +48,10 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import re
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 from bench_realtime import test_signal
@@ -62,39 +66,16 @@ from lmdm_engine.io.presets import DEFAULT_PRESET, load_preset
 from lmdm_engine.runtime.interface import default_model_dir, load_runtime
 from lmdm_engine.stream.session import Session
 
+import bridge_harness as attacks
 from _common import machine, print_table
+from bridge_harness import ServerProcess, WellBehaved
 
 RATE, CHANNELS = 48000, 2
-READY = re.compile(r"^lmdm bridge ready: tcp ([\d.]+):(\d+) .*, udp ([\d.]+):(\d+);")
 
 
-class ServerProcess:
-    """``python -m lmdm_bridge serve`` on free ports, stopped with SIGINT."""
-
-    def __init__(self, args, *extra: str, cpus: str | None = None):
-        command = [sys.executable, "-m", "lmdm_bridge", "serve", "--port", "0", "--log-level", "warning", *extra]
-        command = ["taskset", "-c", cpus, *command] if cpus else command
-        command += ["--model", args.model] if args.model else []
-        command += ["--runtime", args.runtime] if args.runtime else []
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        line = self.process.stdout.readline()
-        match = READY.match(line)
-        if not match:
-            self.process.kill()
-            raise SystemExit(f"the bridge did not start: {line!r}")
-        self.tcp = (match.group(1), int(match.group(2)))
-        self.udp = (match.group(3), int(match.group(4)))
-
-    def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS in /proc")
-
-    def stop(self) -> str:
-        self.process.send_signal(signal.SIGINT)
-        out, _ = self.process.communicate(timeout=60)
-        return out.strip()
+def server_process(args, *extra: str, cpus: str | None = None) -> ServerProcess:
+    """``python -m lmdm_bridge serve`` on free ports with the benchmark's model and runtime."""
+    return ServerProcess(*extra, model=args.model, runtime=args.runtime, cpus=cpus)
 
 
 def blocks_of(audio: np.ndarray, frames: int) -> list[np.ndarray]:
@@ -122,7 +103,7 @@ def roundtrip(args) -> None:
     frames = int(args.block * RATE)
     blocks = blocks_of(test_signal(args.block * (args.blocks + 2), RATE, CHANNELS), frames)[: args.blocks + 2]
     runtime = load_runtime(args.model, **({"backend": args.runtime} if args.runtime else {}))
-    server = ServerProcess(args, cpus=server_cpus)
+    server = server_process(args, cpus=server_cpus)
     paths = {"direct": Session(runtime, RATE, CHANNELS, load_preset(DEFAULT_PRESET).params).process}
     clients = []
     for transport, address in (("tcp", server.tcp), ("udp", server.udp)):
@@ -234,7 +215,7 @@ def paced_session(address, name: str, blocks: list[np.ndarray], start: float, pe
 
 
 def run_sessions(args, n: int, batching: bool, blocks: list[np.ndarray]) -> list[str]:
-    server = ServerProcess(args, *([] if batching else ["--no-batching"]))
+    server = server_process(args, *([] if batching else ["--no-batching"]))
     results: dict = {}
     start = time.perf_counter() + 1.0  # time for every session to open
     threads = [threading.Thread(target=paced_session, args=(server.tcp, f"track{i}", blocks, start, args.block,
@@ -299,7 +280,7 @@ def soak(args) -> None:
     frames = int(args.block * RATE)
     total_blocks = int(args.minutes * 60 / args.block)
     audio = test_signal(60.0, RATE, CHANNELS)
-    server = ServerProcess(args)
+    server = server_process(args)
     counts: dict = {}
     names = [f"soak{i}" for i in range(args.soak_sessions)]
     threads = [threading.Thread(target=soak_session, args=(server.tcp, name, audio, frames, total_blocks, counts))
@@ -333,9 +314,81 @@ def soak(args) -> None:
           f"{'flat' if growth <= 0.10 else 'NOT flat'}, limit +10%); {summary}")
 
 
+# ---- abuse ----------------------------------------------------------------------------------------------------
+# (finding, attack, function, its arguments, what the facts say); each attack's facts say how many sessions it held
+# and how many of its peers held audio in flight (``sessions``, ``holders``): its allowance of memory
+ATTACKS = [
+    ("1", "open+close bundles, 2 x 128 pairs on one TCP connection", attacks.open_close_bundles, {},
+     lambda f: f"{f['open_replies']} sessions built, {f['refused']} opens refused"),
+    ("2", "UDP: 50 steps x guidance 8 x 1 MiB open; then 3 rounds of 4 sessions x 8 one-frame chunks claiming "
+          "1 MiB blocks", attacks.tiny_chunks, dict(sessions=4, blocks=8, rounds=3),
+     lambda f: f"heavy open: {f['heavy_open']}; {f['over_quota']} blocks over the peer's quota"),
+    ("3", "UDP from an unproven address: garbage, reply_port elsewhere, 40 chunks claiming 1 MiB blocks, "
+          "reply_port = the bridge's own", attacks.amplification, {},
+     lambda f: f"replies {f['ratio']:.2f}x the request bytes; {f['to_other_port']} B to the other port; own port "
+               f"{'refused' if f['own_port_refused'] else 'ACCEPTED'}"),
+    ("3", "error about a 100 KB argument; status without the token", attacks.short_errors_and_status, {},
+     lambda f: f"error {f['error_bytes']} B for {f['request_bytes']} B; status model {f['status']['model']!r}"),
+    ("4", "12 UDP peers: 131,040-frame blocks, then 50 steps x guidance 8, a concealed block every 0.1 s",
+     attacks.heavy_sessions, dict(peers=12, seconds=10.0),
+     lambda f: f"1 MiB open: {f['huge_open']}; {f['opened']} heavy sessions opened, {len(f['refused'])} refused"),
+    ("4", "one TCP connection opens 33 sessions", attacks.one_peer_many_sessions, {},
+     lambda f: f"{f['opened']} opened, {f['refused']} refused"),
+    ("4", "63 TCP connections sending one byte each, then a newcomer", attacks.idle_connections, dict(wait=11.0),
+     lambda f: f"newcomer {'served' if f['newcomer_served'] else 'LOCKED OUT'}; {f['closed_by_server']} closed by "
+               "the handshake timeout"),
+    ("4", "400 bundles of 256 pings from one UDP socket", attacks.ping_bundles, {},
+     lambda f: f"{f['pongs']} of {f['pings']} pings answered in {f['seconds']:.1f} s"),
+    ("4", "malformed datagrams from 1,000 loopback addresses", attacks.malformed_sources, dict(sources=1000),
+     lambda f: f"{f['log_lines']} log lines for {f['datagrams']} datagrams"),
+    ("5", "forged source address (raw socket): param and close without the cookie", attacks.forged_source, {},
+     lambda f: "victim untouched" if f["victim_intact"] else "VICTIM CHANGED"),
+    ("6", "free-text prompt, server without --text", attacks.free_text_prompt, {},
+     lambda f: f"{f['outcome'][:60]} after {f['seconds']:.2f} s, RSS {f['rss_growth_mib']:+.0f} MiB"),
+    ("6", "denormal blocks against silence (no deadline)", attacks.denormal_input, {},
+     lambda f: f"server time {f['ratio']:.2f}x silence's"),
+]
+QUOTA_MIB = 32  # --max-peer-bytes, the default
+SESSION_MIB = 20  # what one session holds with the shipped model (its two codecs' STFT bases are 8 MiB each)
+
+
+def abuse(args) -> None:
+    rows = []
+    chosen = set(args.attacks.split(",")) if args.attacks else None
+    for finding, name, attack, kwargs, say in ATTACKS:
+        if chosen is not None and finding not in chosen:
+            continue
+        if attack is attacks.forged_source and not attacks.raw_sockets_allowed():
+            rows.append([finding, name, "skipped: raw sockets need root", "-", "-", "-", "-"])
+            continue
+        server = server_process(args)  # a fresh server for each: its idle memory is the baseline
+        try:
+            with WellBehaved(server, block_seconds=args.good_block, warm_up_seconds=3.0) as good:
+                facts = attack(server, **kwargs)
+        finally:
+            started = time.monotonic()
+            server.stop()
+            stop_s = time.monotonic() - started
+        allowance = facts.get("sessions", 0) * SESSION_MIB + facts.get("holders", 0) * QUOTA_MIB
+        bound = 1.25 * good.idle_rss + allowance
+        worst = 1000 * max(good.round_trips, default=0.0)
+        rows.append([finding, name, say(facts), f"{len(good.flags) - good.late}/{len(good.flags)}", f"{worst:.0f}",
+                     f"{good.idle_rss:.0f} -> {good.peak_rss:.0f} (bound {bound:.0f}: "
+                     f"{'met' if good.peak_rss <= bound else 'NOT met'})", f"{stop_s:.1f}"])
+        print("  " + " | ".join(rows[-1]), flush=True)
+    print(f"machine: {machine()}")
+    print(f"model: {args.model or default_model_dir()}; a fresh server with the default limits for each attack; the "
+          f"well-behaved session: TCP, {DEFAULT_PRESET}, stereo {RATE} Hz blocks of {args.good_block:g} s every "
+          f"{args.good_block:g} s, deadline one block; RSS bound: 1.25 x the server's RSS once the session plays + what "
+          f"the attacker holds within its quotas ({SESSION_MIB} MiB a session it opened, {QUOTA_MIB} MiB of audio in "
+          f"flight a peer that sent audio); stop: seconds from SIGINT to exit, right after the attack")
+    print_table(["finding", "attack", "what the bridge did", "well-behaved on time", "worst round trip ms",
+                 "server RSS MiB", "stop s"], rows, args.markdown)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("roundtrip", "client", "sessions", "soak"))
+    parser.add_argument("mode", choices=("roundtrip", "client", "sessions", "soak", "abuse"))
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     parser.add_argument("--runtime", default=None, help="runtime backend (default: the engine's)")
     parser.add_argument("--block", type=float, default=0.5, help="block length in seconds (default 0.5)")
@@ -346,9 +399,12 @@ def main() -> None:
     parser.add_argument("--soak-sessions", type=int, default=4, help="soak: sessions (default 4)")
     parser.add_argument("--sample-seconds", type=float, default=10.0, help="soak: seconds between RSS samples")
     parser.add_argument("--pin", default=None, help="roundtrip: CLIENT:SERVER CPU lists to pin to, e.g. 0:1")
+    parser.add_argument("--attacks", default=None, help="abuse: the findings to run, e.g. 2,4 (default: all)")
+    parser.add_argument("--good-block", type=float, default=0.25,
+                        help="abuse: the well-behaved session's block in seconds (default 0.25)")
     parser.add_argument("--markdown", action="store_true", help="print tables as markdown")
     args = parser.parse_args()
-    {"roundtrip": roundtrip, "client": client_share, "sessions": sessions, "soak": soak}[args.mode](args)
+    {"roundtrip": roundtrip, "client": client_share, "sessions": sessions, "soak": soak, "abuse": abuse}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 Pedalboard-style effect that runs the generative delay on a bridge).
 
 Both are blocking and meant for one thread. Over UDP, reply chunks are reassembled like the server does it: a
-reply that never completes is concealed with the dry input and flagged ``CONCEALED`` instead of waited on.
+reply that never completes is concealed with the dry input and flagged ``CONCEALED`` instead of waited on; an
+open is answered with a cookie first, sent again with it, and every later request about the session carries it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmdm_bridge.protocol.namespace import (AUDIO, CLOSE, OPEN, PARAM, PING, PRESET, RESET, STATUS, STYLE_PREFIX,
-                                            BlockFlag, ErrorCode, ProtocolError)
+from lmdm_bridge.protocol.namespace import (AUDIO, CLOSE, COOKIE, OPEN, PARAM, PING, PRESET, RESET, STATUS,
+                                            STYLE_PREFIX, BlockFlag, ErrorCode, ProtocolError)
 from lmdm_bridge.protocol.packets import read_audio_packet
 from lmdm_bridge.protocol.replies import AudioReply, ErrorReply, InfoReply, parse_reply
 from lmdm_bridge.wire.blocks import BlockAssembler, audio_packets
@@ -59,7 +60,8 @@ class BlockResult:
 
 
 class _ClientSession:
-    def __init__(self, channels: int, buffer_frames: int, reassembly: float):
+    def __init__(self, channels: int, buffer_frames: int, reassembly: float, cookie: str | None):
+        self.cookie = cookie  # UDP: ends every request about the session
         self.channels = channels
         self.buffer_frames = buffer_frames
         self.next_seq = 0
@@ -109,32 +111,42 @@ class BridgeClient:
             options["token"] = self.token
         args = (session, int(sample_rate), int(channels), int(buffer_frames), preset or "",
                 *_pairs({**options, **_param_pairs(params)}))
-        reply = self._request(Message(OPEN, args), OPEN, session)
-        self._sessions[session] = _ClientSession(channels, buffer_frames, self.reassembly)
+        reply = self._request(Message(OPEN, args), (OPEN, COOKIE), session)
+        if reply.request == COOKIE:  # UDP: the same open again with the cookie proves this address
+            cookie = reply.values["cookie"]
+            reply = self._request(Message(OPEN, (*args, "cookie", cookie)), (OPEN,), session)
+        self._sessions[session] = _ClientSession(channels, buffer_frames, self.reassembly,
+                                                 reply.values.get("cookie") if self.transport == "udp" else None)
         return OpenInfo(session, reply.values["latency_samples"], reply.values)
+
+    def _session_request(self, address: str, session: str, *args) -> InfoReply:
+        """A request about an open session (with its cookie over UDP), and its reply."""
+        cookie = self._sessions[session].cookie if session in self._sessions else None
+        return self._request(Message(address, (session, *args) + ((cookie,) if cookie else ())), (address,),
+                             session)
 
     def set_params(self, session: str, **params) -> dict:
         """Change live parameters; returns all of the session's parameters after the change."""
-        return self._request(Message(PARAM, (session, *_pairs(_param_pairs(params)))), PARAM, session).values
+        return self._session_request(PARAM, session, *_pairs(_param_pairs(params))).values
 
     def set_preset(self, session: str, preset: str) -> dict:
-        return self._request(Message(PRESET, (session, preset)), PRESET, session).values
+        return self._session_request(PRESET, session, preset).values
 
     def reset(self, session: str) -> OpenInfo:
-        reply = self._request(Message(RESET, (session,)), RESET, session)
+        reply = self._session_request(RESET, session)
         return OpenInfo(session, reply.values["latency_samples"], reply.values)
 
     def close(self, session: str) -> dict:
         """Close a session (its queued blocks are answered first); returns its block counts."""
-        values = self._request(Message(CLOSE, (session,)), CLOSE, session).values
+        values = self._session_request(CLOSE, session).values
         self._sessions.pop(session, None)
         return values
 
     def ping(self, *args) -> tuple:
-        return self._request(Message(PING, args), PING, "").args
+        return self._request(Message(PING, args), (PING,), "").args
 
     def status(self) -> dict:
-        return self._request(Message(STATUS, () if self.token is None else (self.token,)), STATUS, "").values
+        return self._request(Message(STATUS, () if self.token is None else (self.token,)), (STATUS,), "").values
 
     # ---- audio ----------------------------------------------------------------------------------------
     def send_block(self, session: str, audio: np.ndarray) -> int:
@@ -146,7 +158,7 @@ class BridgeClient:
         seq, s.next_seq = s.next_seq, s.next_seq + 1
         s.sent[seq] = audio
         if self.transport == "udp":
-            for packet in audio_packets(AUDIO, session, seq, audio, None, self._max_packet):
+            for packet in audio_packets(AUDIO, session, seq, audio, None, self._max_packet, cookie=s.cookie):
                 self._sock.send(packet)
         else:
             (packet,) = audio_packets(AUDIO, session, seq, audio, None, None,
@@ -278,8 +290,9 @@ class BridgeClient:
                 flags |= BlockFlag.CONCEALED
             s.ready[block.seq] = BlockResult(block.seq, audio, flags)
 
-    def _request(self, message: Message, address: str, session: str) -> InfoReply:
-        """Send a request and wait for its reply (errors about this session, or about no session, are raised)."""
+    def _request(self, message: Message, addresses: tuple[str, ...], session: str) -> InfoReply:
+        """Send a request and wait for its reply, to one of ``addresses`` (errors about this session, or about no
+        session, are raised)."""
         self._send(message)
         give_up = time.monotonic() + self.timeout
         while True:
@@ -289,11 +302,11 @@ class BridgeClient:
                     if reply.session in (session, ""):
                         raise BridgeError(reply)
                     self.warnings.append(str(BridgeError(reply)))
-                elif reply.request == address and reply.session == session:
+                elif reply.request in addresses and reply.session == session:
                     return reply
             now = time.monotonic()
             if now >= give_up:
-                raise TimeoutError(f"no reply to {address} within {self.timeout} s")
+                raise TimeoutError(f"no reply to {message.address} within {self.timeout} s")
             self._receive(give_up - now)
 
     def close_connection(self) -> None:

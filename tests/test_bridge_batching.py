@@ -67,8 +67,10 @@ def test_batched_sessions_equal_sessions_run_alone(debug_runtime, mixed, paralle
         np.testing.assert_allclose(b, a, atol=2e-5)
     if mixed:  # calls meet only where their times agree
         assert batching.requests / 4 < batching.calls < batching.requests
-    else:  # four sessions on one schedule: every call carries all four, or two where two calls run at once
-        assert batching.calls * 4 == batching.requests * parallel
+    elif parallel == 1:  # four sessions on one schedule: every call carries all four
+        assert batching.calls * 4 == batching.requests
+    else:  # two cores: a group is shared between the free ones, so calls carry one to four sessions
+        assert batching.requests / 4 < batching.calls < batching.requests
 
 
 def test_calls_outside_a_participant_scope_go_straight_through(debug_runtime):

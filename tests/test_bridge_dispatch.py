@@ -290,7 +290,8 @@ def test_limits_sessions_block_size_token_and_rate(debug_runtime):
             bridge.handle_packet(packet("/lmdm/ping"), peer)
         await asyncio.sleep(0.05)
 
-    run_bridge(debug_runtime, scenario, max_sessions=2, token="secret", max_packet_bytes=100_000, max_rate=20)
+    run_bridge(debug_runtime, scenario, max_sessions=2, token="secret", max_packet_bytes=100_000, max_rate=20,
+               rate_burst_s=1.0)
     errors = {e.session: e for e in peer.errors()}
     assert errors["c"].name == "too_many_sessions"
     assert errors["d"].name == "unauthorized" and "needs the bridge's token" in errors["d"].message

@@ -142,10 +142,16 @@ def test_hand_built_chunks_over_a_raw_udp_socket(bridge):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect(bridge.server.udp_address)
     samples = np.linspace(-0.5, 0.5, 2 * 3000, dtype="<f4")  # 3000 stereo frames, sent as two chunks
-    sock.send(hand_built("/lmdm/open", "raw", 8000, 2, 3000, "", "deadline_ms", 0, "delay_seconds", DELAY))
+    open_args = ("raw", 8000, 2, 3000, "", "deadline_ms", 0, "delay_seconds", DELAY)
+    sock.send(hand_built("/lmdm/open", *open_args))
+    (challenge,) = receive_replies(sock, 1)  # first a cookie, which the open must carry to prove this address
+    assert challenge.request == "/lmdm/cookie" and challenge.session == "raw"
+    cookie = challenge.values["cookie"]
+    sock.send(hand_built("/lmdm/open", *open_args, "cookie", cookie))
     (opened,) = receive_replies(sock, 1)
-    sock.send(hand_built("/lmdm/audio", "raw", 0, 1000, 3000, samples[2000:].tobytes()))  # second half first
-    sock.send(hand_built("/lmdm/audio", "raw", 0, 0, 3000, samples[:2000].tobytes()))
+    assert opened.request == "/lmdm/open" and opened.values["cookie"] == cookie
+    sock.send(hand_built("/lmdm/audio", "raw", 0, 1000, 3000, samples[2000:].tobytes(), cookie))  # second half first
+    sock.send(hand_built("/lmdm/audio", "raw", 0, 0, 3000, samples[:2000].tobytes(), cookie))
     chunks = receive_replies(sock, 3)  # 24,000 bytes back: three datagrams
     assert all(isinstance(c, AudioReply) and c.seq == 0 and c.total_frames == 3000 for c in chunks)
     chunks.sort(key=lambda c: c.frame_offset)
@@ -187,14 +193,15 @@ def test_liblo_oscdump_reads_the_replies(bridge):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect(bridge.server.udp_address)
     try:
-        open_request = hand_built("/lmdm/open", "liblo", 8000, 1, 800, "", "deadline_ms", 0, "reply_port", port,
-                                  "delay_seconds", DELAY)
-        opened = wait_for("/lmdm/open/reply", lambda: sock.send(open_request))  # resent until oscdump listens
+        open_args = ("liblo", 8000, 1, 800, "", "deadline_ms", 0, "reply_port", port, "delay_seconds", DELAY)
+        challenge = wait_for("/lmdm/cookie", lambda: sock.send(hand_built("/lmdm/open", *open_args)))  # resent until
+        cookie = challenge.split()[-1].strip('"')  # oscdump listens; the cookie reaches the reply port only
+        opened = wait_for("/lmdm/open/reply", lambda: sock.send(hand_built("/lmdm/open", *open_args, "cookie", cookie)))
         assert '"liblo"' in opened and '"model_sample_rate" 8000' in opened
-        sock.send(hand_built("/lmdm/audio", "liblo", 0, 0, 800, np.zeros(800, "<f4").tobytes()))
+        sock.send(hand_built("/lmdm/audio", "liblo", 0, 0, 800, np.zeros(800, "<f4").tobytes(), cookie))
         audio = wait_for("/lmdm/audio/reply")
         assert audio.split()[2] == "siiiib" and '"liblo" 0 0 800 0 [3200 byte blob]' in audio
-        sock.send(hand_built("/lmdm/close", "liblo"))
+        sock.send(hand_built("/lmdm/close", "liblo", cookie))
         assert '"processed" 1' in wait_for("/lmdm/close/reply")
     finally:
         sock.close()

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 
-from lmdm_bridge.protocol.namespace import AUDIO, CLOSE, OPEN, BlockFlag
+from lmdm_bridge.protocol.namespace import AUDIO, CLOSE, COOKIE, OPEN, BlockFlag
 from lmdm_bridge.protocol.replies import AudioReply, InfoReply, parse_reply
 from lmdm_bridge.wire.blocks import audio_to_bytes
 from lmdm_bridge.wire.framing import LengthPrefixFraming
@@ -20,8 +20,9 @@ SESSIONS = ("a", "b", "c")
 BLOCKS = 12
 
 
-def open_packet(name: str, deadline_ms: int) -> bytes:
-    return hand_built(OPEN, name, RATE, 2, BLOCK, "tape_echo", "deadline_ms", deadline_ms, "delay_seconds", DELAY)
+def open_packet(name: str, deadline_ms: int, *options) -> bytes:
+    return hand_built(OPEN, name, RATE, 2, BLOCK, "tape_echo", "deadline_ms", deadline_ms, "delay_seconds", DELAY,
+                      *options)
 
 
 def check_replies(replies: list) -> None:
@@ -84,16 +85,20 @@ def test_udp_sessions_get_one_reply_per_block_in_order(debug_runtime):
 
         for name in SESSIONS:
             sock.send(open_packet(name, deadline_ms=15))
+        read_until(lambda: sum(isinstance(r, InfoReply) and r.request == COOKIE for r in replies) == len(SESSIONS))
+        cookies = {r.session: r.values["cookie"] for r in replies if r.request == COOKIE}
+        for name in SESSIONS:  # the open again with its cookie: it proves this address
+            sock.send(open_packet(name, 15, "cookie", cookies[name]))
         read_until(lambda: sum(isinstance(r, InfoReply) and r.request == OPEN for r in replies) == len(SESSIONS))
         x = stereo_noise(BLOCKS * BLOCK)
         for i in range(BLOCKS):  # 2400 stereo frames: three datagrams of at most 1000 frames
             for name in SESSIONS:
                 for start in range(0, BLOCK, 1000):
                     chunk = audio_to_bytes(x[:, i * BLOCK + start: i * BLOCK + min(BLOCK, start + 1000)])
-                    sock.send(hand_built(AUDIO, name, i, start, BLOCK, chunk))
+                    sock.send(hand_built(AUDIO, name, i, start, BLOCK, chunk, cookies[name]))
             time.sleep(0.01)
         for name in SESSIONS:
-            sock.send(hand_built(CLOSE, name))
+            sock.send(hand_built(CLOSE, name, cookies[name]))
         read_until(lambda: sum(isinstance(r, InfoReply) and r.request == CLOSE for r in replies) == len(SESSIONS))
         # a reply of several datagrams: one AudioReply per chunk; keep the first chunk of each (frame_offset 0)
         whole = []

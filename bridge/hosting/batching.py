@@ -1,53 +1,78 @@
-"""Cross-session batching: a Runtime proxy through which Sessions running in worker threads meet.
+"""The meeting point of the sessions' runtime calls: fair scheduling, cross-session batching and cancellation.
 
-Each worker wraps its ``session.process`` call in ``with runtime.participant():``. A participant's calls to
-``velocity`` and ``append_context`` wait in the proxy; when every participant is waiting (or running a batch),
-the waiting calls are grouped by what makes them batchable (the call, its block length and, for ``velocity``, its
-time t: sessions whose block length, steps, sampler and strength agree meet at the same times). Each group runs
-as one call on the wrapped runtime, with the sessions' states concatenated along the batch, and the results are
-split back. On a CPU one call keeps one core busy, so groups are split until there are ``parallel`` calls (one per
-core) and these run at once: as few calls as possible, but never fewer than there are cores to run them.
-Sessions keep their own per-block logic; the proxy only changes how their runtime calls are run. Calls made
-outside a participant scope go straight to the wrapped runtime.
+Each worker wraps its session work in ``with runtime.participant():``. A participant's calls to ``velocity`` and
+``append_context`` wait in the proxy, which runs them ``parallel`` at a time (one per core). Whenever a slot is
+free, the waiting call of highest priority runs next (work.py): calls for a block whose deadline is ahead first,
+then the others; within each, the owner that used the least of the machine lately first. It runs as soon as no
+participant still working could make a call of higher priority; calls without a deadline wait until every
+participant is waiting (so that they meet in batches). And while a session works on a block whose deadline is
+ahead, sessions that used more than twice as much of the machine lately start no call: the light session has the
+machine to itself but for the calls already running. So a light session's block waits for at most one running
+call per core, however many heavy sessions (long or short blocks, many steps, guidance) there are, and a heavy
+session's share of the machine is what the light ones leave.
+
+With ``merge`` (batching), the next call runs together with the waiting calls that can meet it, as one call on the
+wrapped runtime: grouped by the call, its block length and, for ``velocity``, its time t (sessions whose block
+length, steps, sampler and strength agree meet at the same times), with the sessions' states concatenated along the
+batch and the results split back; at most ``max_rows`` batch rows, and no more than a fair part of the waiting
+group when other slots are free to take the rest. Without ``merge`` every call runs on its own. Sessions keep their
+own per-block logic; the proxy only changes how their runtime calls are run. Calls made outside a participant
+scope go straight to the wrapped runtime. A call whose owner is cancelled raises ``Cancelled`` instead of running.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+import time
 from contextlib import contextmanager
 
 import numpy as np
 
 from lmdm_engine.runtime.interface import Runtime
 
+from .work import Cancelled, current_owner
+
+# batch rows per runtime call at most (a row is one channel of one session, two with guidance): the shipped model's
+# call costs about 2.5 ms a row on a CPU core past 2 rows, so a call holds its core for about 20 ms at most
+MAX_ROWS = 8
+# a session that used this many times what another used lately starts no call while the other works on a live block
+HEAVY_RATIO = 2.0
+
 
 class _Call:
-    __slots__ = ("kind", "key", "state", "x", "cond", "result", "error", "done")
+    __slots__ = ("kind", "key", "state", "x", "cond", "result", "error", "done", "owner", "order", "thread", "part")
 
     def __init__(self, kind: str, key: tuple, state: dict, x: np.ndarray, cond: np.ndarray | None):
         self.kind, self.key, self.state, self.x, self.cond = kind, key, state, x, cond
         self.result = self.error = None
         self.done = False
+        self.owner = None
+        self.order = 0
+        self.thread = 0
+        self.part: list | None = None  # the part this call leads (its thread runs it), once one is given it
 
 
 class BatchingRuntime:
-    """A Runtime that runs concurrent sessions' calls as batches on ``runtime``, up to ``parallel`` at once."""
+    """A Runtime that runs concurrent sessions' calls on ``runtime`` in priority order, up to ``parallel`` calls at
+    once, batched across sessions with ``merge``."""
 
-    def __init__(self, runtime: Runtime, parallel: int | None = None):
+    def __init__(self, runtime: Runtime, parallel: int | None = None, merge: bool = True, max_rows: int = MAX_ROWS):
         self.runtime = runtime
-        self.name = f"{runtime.name}+batching"
+        self.merge = merge
+        self.name = f"{runtime.name}+batching" if merge else runtime.name
         self.config = runtime.config
         self.latent_scale, self.codec = runtime.latent_scale, runtime.codec
         self.parallel = parallel or os.cpu_count() or 1
-        self._helpers = ThreadPoolExecutor(self.parallel - 1, "lmdm-batch") if self.parallel > 1 else None
+        self.max_rows = max_rows
         self._lock = threading.Condition()
-        self._participants = 0  # threads inside participant()
-        self._blocked = 0  # participants waiting in a call or running a batch
+        self._members: dict[int, object] = {}  # thread id -> owner, of the threads inside participant()
+        self._inside: set[int] = set()  # members whose call is not done yet
         self._waiting: list[_Call] = []
-        # ids of states -> (the states, their concatenation): the groups of the last rounds (each holds KV caches)
+        self._free = self.parallel  # slots not running a call
+        self._order = itertools.count()
+        # ids of states -> (the states, their concatenation): the last groups run (each holds KV caches)
         self._stacked: dict[tuple, tuple[list, dict]] = {}
         self._stacked_limit = 2 * self.parallel + 2
         self.requests = 0  # calls the sessions made
@@ -70,81 +95,126 @@ class BatchingRuntime:
     def velocity(self, state: dict, x: np.ndarray, t: float, cond: np.ndarray) -> np.ndarray:
         return self._call(_Call("velocity", ("velocity", x.shape[1:], float(t)), state, x, cond))
 
-    # ---- rendezvous -----------------------------------------------------------------------------------
+    # ---- scheduling -----------------------------------------------------------------------------------
     @contextmanager
     def participant(self):
-        """Scope of one worker's session work: its runtime calls are batched with the other participants'."""
+        """Scope of one worker's session work: its runtime calls are scheduled with the other participants'."""
+        me = threading.get_ident()
         with self._lock:
-            self._participants += 1
+            self._members[me] = current_owner()
         try:
             yield
         finally:
             with self._lock:
-                self._participants -= 1
-                batch = self._take_batch()
-            if batch:
-                self._run(batch)
+                del self._members[me]
+                self._dispatch()  # the others may not have to wait for it any more
 
-    def _take_batch(self) -> list[_Call]:
-        """The waiting calls, once every participant is blocked (called with the lock held)."""
-        if not self._waiting or self._blocked < self._participants:
-            return []
-        batch, self._waiting = self._waiting, []
-        return batch
+    def wake(self) -> None:
+        """Wake the waiting calls (after an owner was cancelled: its waiting calls leave with ``Cancelled``)."""
+        with self._lock:
+            self._dispatch()
+            self._lock.notify_all()
+
+    @staticmethod
+    def _priority(owner, order: int, now: float) -> tuple:
+        if owner is None:
+            return (1, 0.0, order)
+        return (0 if owner.urgent(now) else 1, owner.usage(now), order)
+
+    def _yields(self, owner, now: float) -> bool:
+        """Whether ``owner``'s calls wait: a participant working on a block whose deadline is ahead used less than
+        ``1 / HEAVY_RATIO`` of what ``owner`` used lately."""
+        limit = owner.usage(now) / HEAVY_RATIO
+        return any(o is not None and o is not owner and o.urgent(now) and o.usage(now) < limit
+                   for o in self._members.values())
+
+    def _dispatch(self) -> None:
+        """Give the free slots the waiting calls that may run now (called with the lock held, whenever something
+        changed): each part is run by the thread of its first call, of the highest priority."""
+        assigned = False
+        while self._free:
+            group = self._choose()
+            if group is None:
+                break
+            parts = min(self._free, len(group))  # every free slot gets a share of the group
+            bounds = [len(group) * i // parts for i in range(parts + 1)]
+            for a, b in zip(bounds, bounds[1:]):
+                group[a].part = group[a:b]
+                self._free -= 1
+            assigned = True
+        if assigned:
+            self._lock.notify_all()
+
+    def _choose(self) -> list[_Call] | None:
+        """The highest-priority waiting call with the calls it meets, taken off the waiting list; None when it
+        should wait."""
+        if not self._waiting:
+            return None
+        now = time.monotonic()
+        ranked = sorted(self._waiting, key=lambda c: self._priority(c.owner, c.order, now))
+        top = ranked[0]
+        outside = [owner for thread, owner in self._members.items() if thread not in self._inside]
+        if outside and sum(c.x.shape[0] for c in ranked) < self.max_rows:
+            first = self._priority(top.owner, -1, now)
+            if first[0] == 1 or any(self._priority(owner, -1, now) <= first for owner in outside):
+                return None  # a participant still working may make a more urgent call (or one to batch with)
+        if top.owner is not None and self._yields(top.owner, now):
+            return None  # a much lighter session is working on a block with a deadline: it has the machine
+        group, rows = [top], top.x.shape[0]
+        for call in ranked[1:] if self.merge else ():
+            if call.key == top.key and rows + call.x.shape[0] <= self.max_rows * self._free:
+                group.append(call)
+                rows += call.x.shape[0]
+        taken = {id(c) for c in group}
+        self._waiting = [c for c in self._waiting if id(c) not in taken]
+        for call in group:
+            if call.owner is not None:
+                call.owner.use(call.x.shape[0], now)
+        return group
 
     def _call(self, call: _Call):
+        owner = current_owner()
+        me = threading.get_ident()
         with self._lock:
             self.requests += 1
-            if self._participants == 0:
-                direct = True
-            else:
-                direct = False
+            direct = me not in self._members
+            if not direct:
+                if owner is not None:
+                    owner.check()
+                call.owner, call.order, call.thread = owner, next(self._order), me
                 self._waiting.append(call)
-                self._blocked += 1
-                batch = self._take_batch()
+                self._inside.add(me)
+                self._dispatch()
         if direct:
             self._execute([call])
         else:
-            if batch:
-                self._run(batch)
             with self._lock:
-                while not call.done:
+                while not call.done and call.part is None:
+                    if owner is not None and owner.cancelled and call in self._waiting:
+                        self._waiting.remove(call)
+                        self._inside.discard(me)
+                        self._dispatch()
+                        raise Cancelled(f"the work of {owner.name!r} was cancelled")
                     self._lock.wait()
+            if call.part is not None:  # this thread runs the part its call leads
+                part, call.part = call.part, None  # (no reference cycle: calls hold arrays)
+                self._run(part)
         if call.error is not None:
             raise call.error
         return call.result
 
-    def _parts(self, batch: list[_Call]) -> list[list[_Call]]:
-        """The batch as runtime calls: one per group of compatible calls, the largest groups halved until there
-        are ``parallel`` calls (or no group has two calls left)."""
-        groups = defaultdict(list)
-        for call in batch:
-            groups[call.key].append(call)
-        parts = list(groups.values())
-        while len(parts) < self.parallel:
-            largest = max(parts, key=len)
-            if len(largest) < 2:
-                break
-            parts.remove(largest)
-            parts += [largest[: len(largest) // 2], largest[len(largest) // 2:]]
-        return parts
-
-    def _run(self, batch: list[_Call]) -> None:
-        """Run a batch: its calls on this thread and the helpers at once (outside the lock, so that the other
-        participants may gather the next batch meanwhile)."""
-        parts = self._parts(batch)
-        own, helped = (parts[:1], parts[1:]) if self._helpers else (parts, [])
+    def _run(self, part: list[_Call]) -> None:
+        """Run one part in this thread (outside the lock: other slots run theirs meanwhile)."""
         try:
-            futures = [self._helpers.submit(self._execute, part) for part in helped]
-            for part in own:
-                self._execute(part)
-            for future in futures:
-                future.result()
+            self._execute(part)
         finally:
             with self._lock:
-                for call in batch:
+                for call in part:
                     call.done = True
-                self._blocked -= len(batch)  # now, not when each caller wakes: the next round must not wait on them
+                    call.state = call.x = call.cond = None  # what it ran on: not kept past the call
+                    self._inside.discard(call.thread)  # at once: it is working again, not waiting to be woken
+                self._free += 1
+                self._dispatch()
                 self._lock.notify_all()
 
     def _stack(self, states: list[dict]) -> dict:

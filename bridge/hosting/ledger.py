@@ -27,6 +27,9 @@ class PendingBlock:
     answered: bool = False
     processed: bool = False  # answered processed, from the worker thread
     timer: object = None  # the event loop's deadline timer (hosted.py)
+    held: int = 0  # bytes of the peer's quota it holds until it is answered (hosted.py)
+    started: bool = False  # handed to a worker
+    settled: bool = False  # its timer and quota given back, once answered (hosted.py)
 
     def reply_audio(self, out: np.ndarray) -> np.ndarray:
         """What a processed block is answered with: the output, or the (sanitised) input if it held NaN or Inf."""

@@ -16,6 +16,9 @@ class Peer:
     key: tuple  # identity that owns sessions: one TCP connection, or one UDP source address
     max_packet: int | None  # largest message the peer takes from us; None: any size (a block is one message)
     threadsafe_sends = False  # whether send_audio may be called from any thread (else only from the event loop)
+    # whether a packet's source may be forged (UDP): then every request about a session must carry its cookie, and
+    # replies stay within a small multiple of what the peer sent until it has proven its address
+    spoofable = False
 
     def send(self, message: Message) -> None: ...
 
@@ -28,6 +31,14 @@ class Peer:
     def set_congested(self, session: str, congested: bool) -> None:
         """A session of this peer has (or no longer has) many blocks waiting: a stream transport stops reading."""
 
+    def prove_address(self) -> None:
+        """The peer echoed a cookie sent to its address: it receives what is sent there (no more reply budget)."""
+
+    def cookie_address(self) -> str:
+        """What a cookie for this peer is bound to: the address its replies go to."""
+        return repr(self.key)
+
     def with_reply_port(self, port: int) -> "Peer":
-        """The same peer, answered on another port of its address (UDP hosts that listen on a fixed port)."""
+        """The same peer, answered on another port of its address (UDP hosts that listen on a fixed port); raises
+        ValueError for a port the bridge will not send to."""
         return self

@@ -12,6 +12,10 @@ OPEN, AUDIO, PARAM, PRESET, RESET, CLOSE, PING, STATUS = (
     f"{PREFIX}/{verb}" for verb in ("open", "audio", "param", "preset", "reset", "close", "ping", "status"))
 REQUESTS = (OPEN, AUDIO, PARAM, PRESET, RESET, CLOSE, PING, STATUS)
 ERROR = f"{PREFIX}/error"
+# UDP: the answer to an open that carries no (or a stale) cookie: ``s session s cookie``; the host sends the same open
+# again with ``"cookie" <cookie>``, which proves it receives what is sent to its (reply) address
+COOKIE = f"{PREFIX}/cookie"
+SESSION_REQUESTS = (AUDIO, PARAM, PRESET, RESET, CLOSE)  # over UDP, each carries the session's cookie
 REPLY_SUFFIX = "/reply"
 MAX_SESSION_ID_BYTES = 64
 # host rates the bridge takes: a session's set-up cost grows with rate / gcd(rate, model rate), which is small for
@@ -21,6 +25,8 @@ STYLE_PREFIX = "style."
 # Session parameters a host sets one value at a time; the style goes tag by tag, as style.<tag>.
 LIVE_FIELDS = tuple(name for name in PARAM_SPECS if name in SessionParams.LIVE and name != "style")
 MAX_PROMPT_BYTES = 512
+MAX_ERROR_TEXT = 240  # an error's message is cut to this many characters: errors never echo large arguments
+BRIEF_CHARS = 40  # an argument quoted in an error is cut to this many characters
 
 
 def reply_address(request_address: str) -> str:
@@ -43,6 +49,7 @@ class ErrorCode(enum.IntEnum):
     UNAUTHORIZED = 11
     SHUTTING_DOWN = 12
     ENGINE_ERROR = 13  # the engine failed on a block (answered dry)
+    OVER_QUOTA = 14  # a peer's or the server's quota (bytes in flight, compute) is reached
 
 
 class BlockFlag(enum.IntFlag):
@@ -67,26 +74,34 @@ def type_name(value) -> str:
     return {bytes: "blob", str: "string", bool: "boolean", type(None): "nil"}.get(type(value), type(value).__name__)
 
 
+def brief(value) -> str:
+    """``repr(value)`` cut to BRIEF_CHARS characters (a blob by its size): what errors quote of an argument."""
+    if isinstance(value, (bytes, bytearray)):
+        return f"<blob of {len(value)} bytes>"
+    text = repr(value)
+    return text if len(text) <= BRIEF_CHARS else f"{text[:BRIEF_CHARS]}... ({len(text)} characters)"
+
+
 def read_int(value, what: str, where: str) -> int:
     """Ints, and floats holding a whole number (Max and Pure Data send numbers as floats)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: {what} = {value!r} ({type_name(value)}); "
+        raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: {what} = {brief(value)} ({type_name(value)}); "
                                                      "expected an int")
     return value
 
 
 def read_float(value, what: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: {what} = {value!r} ({type_name(value)}); "
+        raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: {what} = {brief(value)} ({type_name(value)}); "
                                                      "expected a number")
     return float(value)
 
 
 def read_str(value, what: str, where: str) -> str:
     if not isinstance(value, str):
-        raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: {what} = {value!r} ({type_name(value)}); "
+        raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: {what} = {brief(value)} ({type_name(value)}); "
                                                      "expected a string")
     return value
 
@@ -96,7 +111,7 @@ def read_session(args: tuple, where: str) -> str:
         raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: missing the session id (first argument)")
     session = read_str(args[0], "session", where)
     if not session or len(session.encode()) > MAX_SESSION_ID_BYTES or not session.isprintable():
-        raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: session id {session[:80]!r} must be 1 to "
+        raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: session id {brief(session)} must be 1 to "
                                                      f"{MAX_SESSION_ID_BYTES} bytes of printable text")
     return session
 
@@ -116,6 +131,6 @@ def read_pairs(args: tuple, where: str, session: str) -> dict:
     for key, value in zip(args[::2], args[1::2]):
         key = read_str(key, "option key", where)
         if key in out:
-            raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: option {key!r} given twice", session)
+            raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: option {brief(key)} given twice", session)
         out[key] = value
     return out

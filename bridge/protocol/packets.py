@@ -9,9 +9,10 @@ from lmdm_bridge.wire.osc import pad4
 
 from .namespace import AUDIO, MAX_SESSION_ID_BYTES, reply_address
 from .replies import AudioReply
-from .requests import AudioChunk
+from .requests import MAX_COOKIE_CHARS, AudioChunk
 
 _AUDIO_REQUEST_HEAD = audio_head(AUDIO, 3)
+_AUDIO_REQUEST_COOKIE_HEAD = audio_head(AUDIO, 3, cookie=True)  # the same with a trailing cookie (UDP)
 _AUDIO_REPLY_HEAD = audio_head(reply_address(AUDIO), 4)
 _REQUEST_NUMBERS = struct.Struct(">iiii")  # seq, frame_offset, total_frames, blob size
 _REPLY_NUMBERS = struct.Struct(">iiiii")  # seq, frame_offset, total_frames, flags, blob size
@@ -26,8 +27,11 @@ def read_audio_packet(packet: bytes, reply: bool = False) -> AudioChunk | AudioR
     if type(packet) is not bytes:
         packet = bytes(packet)
     head, numbers = (_AUDIO_REPLY_HEAD, _REPLY_NUMBERS) if reply else (_AUDIO_REQUEST_HEAD, _REQUEST_NUMBERS)
+    with_cookie = False
     if not packet.startswith(head):
-        return None
+        if reply or not packet.startswith(_AUDIO_REQUEST_COOKIE_HEAD):
+            return None
+        head, with_cookie = _AUDIO_REQUEST_COOKIE_HEAD, True
     end = packet.find(b"\0", len(head))
     pos = pad4(end + 1)
     if end < 0 or pos + numbers.size > len(packet):
@@ -38,7 +42,21 @@ def read_audio_packet(packet: bytes, reply: bool = False) -> AudioChunk | AudioR
         return None
     *values, size = numbers.unpack_from(packet, pos)
     blob = pos + numbers.size
-    if size < 0 or blob + pad4(size) != len(packet):
+    cookie = None
+    if size < 0:
+        return None
+    if with_cookie:  # the cookie: a string after the blob, ending the packet
+        start = blob + pad4(size)
+        stop = packet.find(b"\0", start)
+        if stop < 0 or pad4(stop + 1) != len(packet):
+            return None
+        try:
+            cookie = packet[start: stop].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if not 1 <= len(cookie) <= MAX_COOKIE_CHARS or not cookie.isprintable():
+            return None
+    elif blob + pad4(size) != len(packet):
         return None
     samples = packet[blob: blob + size]
     if reply:
@@ -46,4 +64,4 @@ def read_audio_packet(packet: bytes, reply: bool = False) -> AudioChunk | AudioR
         return AudioReply(session, seq, offset, total, flags, samples)
     if not session or end - len(head) > MAX_SESSION_ID_BYTES or not session.isprintable():
         return None
-    return AudioChunk(session, *values, samples)
+    return AudioChunk(session, *values, samples, cookie)

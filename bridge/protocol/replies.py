@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from lmdm_bridge.wire.osc import Message
 from lmdm_engine.stream.params import SessionParams
 
-from .namespace import (AUDIO, CLOSE, ERROR, LIVE_FIELDS, OPEN, PARAM, PING, REPLY_SUFFIX, REQUESTS, RESET, STATUS,
-                        STYLE_PREFIX, ErrorCode, ProtocolError, expect_count, read_int, read_pairs, read_session,
-                        read_str, reply_address)
+from .namespace import (AUDIO, CLOSE, COOKIE, ERROR, LIVE_FIELDS, MAX_ERROR_TEXT, MAX_SESSION_ID_BYTES, OPEN, PARAM,
+                        PING, REPLY_SUFFIX, REQUESTS, RESET, STATUS, STYLE_PREFIX, ErrorCode, ProtocolError, brief,
+                        expect_count, read_int, read_pairs, read_session, read_str, reply_address)
 
 
 def flatten(pairs: dict) -> tuple:
@@ -47,8 +47,18 @@ def status_reply(info: dict) -> Message:
     return Message(reply_address(STATUS), flatten(info))
 
 
+def cookie_reply(session: str, cookie: str) -> Message:
+    """UDP: the answer to an open without a valid cookie (small: it may go to an address that never asked)."""
+    return Message(COOKIE, (session, cookie))
+
+
 def error_message(error: ProtocolError) -> Message:
-    return Message(ERROR, (int(error.code), error.code.name.lower(), error.session, int(error.seq), str(error)))
+    """The error as sent: short whatever the request held (the message cut to MAX_ERROR_TEXT characters)."""
+    text = str(error)
+    if len(text) > MAX_ERROR_TEXT:
+        text = text[: MAX_ERROR_TEXT - 3] + "..."
+    session = error.session if len(error.session.encode()) <= MAX_SESSION_ID_BYTES else brief(error.session)
+    return Message(ERROR, (int(error.code), error.code.name.lower(), session, int(error.seq), text))
 
 
 @dataclass(slots=True)  # not frozen, as AudioChunk
@@ -63,7 +73,8 @@ class AudioReply:
 
 @dataclass(frozen=True)
 class InfoReply:
-    """Answer to open, reset, param, preset, close, ping or status: ``request`` is the request's address."""
+    """Answer to open, reset, param, preset, close, ping or status: ``request`` is the request's address (or
+    ``COOKIE`` for a cookie answer to an open over UDP)."""
 
     request: str
     session: str
@@ -83,7 +94,7 @@ class ErrorReply:
 def parse_reply(message: Message) -> AudioReply | InfoReply | ErrorReply:
     """A reply message read back (raises ProtocolError when it is not one)."""
     args, address = message.args, message.address
-    where = f"reply {address[:80]!r}"
+    where = f"reply {brief(address)}"
     if address == ERROR:
         expect_count(args, 5, "code, name, session, seq, message", where)
         return ErrorReply(read_int(args[0], "code", where), read_str(args[1], "name", where),
@@ -96,6 +107,10 @@ def parse_reply(message: Message) -> AudioReply | InfoReply | ErrorReply:
         return AudioReply(read_str(args[0], "session", where), read_int(args[1], "seq", where),
                           read_int(args[2], "frame_offset", where), read_int(args[3], "total_frames", where),
                           read_int(args[4], "flags", where), args[5])
+    if address == COOKIE:
+        expect_count(args, 2, "session, cookie", where)
+        session = read_session(args, where)
+        return InfoReply(COOKIE, session, {"cookie": read_str(args[1], "cookie", where)}, args)
     request = address[: -len(REPLY_SUFFIX)] if address.endswith(REPLY_SUFFIX) else ""
     if request not in REQUESTS:
         raise ProtocolError(ErrorCode.UNKNOWN_ADDRESS, f"{where} is not a bridge reply")

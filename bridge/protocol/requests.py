@@ -9,8 +9,10 @@ from lmdm_bridge.wire.osc import Message
 from lmdm_engine.stream.params import PARAM_SPECS
 
 from .namespace import (AUDIO, CLOSE, LIVE_FIELDS, MAX_PROMPT_BYTES, OPEN, PARAM, PING, PRESET, RESET, SAMPLE_RATES,
-                        STATUS, STYLE_PREFIX, ErrorCode, ProtocolError, expect_count, read_float, read_int, read_pairs,
-                        read_session, read_str, type_name)
+                        STATUS, STYLE_PREFIX, ErrorCode, ProtocolError, brief, expect_count, read_float, read_int,
+                        read_pairs, read_session, read_str, type_name)
+
+MAX_COOKIE_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class OpenRequest:
     token: str | None = None
     deadline_ms: float | None = None  # None: one block's duration; 0: no deadline
     reply_port: int | None = None
+    cookie: str | None = None  # UDP: the cookie of an earlier /lmdm/cookie answer (proves the host's address)
 
 
 @dataclass(slots=True)  # not frozen: one is built per chunk, and frozen ones take 5 times as long to build
@@ -41,28 +44,33 @@ class AudioChunk:
     frame_offset: int
     total_frames: int
     samples: bytes
+    cookie: str | None = None  # the session's cookie (required over UDP), a trailing argument
 
 
 @dataclass(frozen=True)
 class ParamRequest:
     session: str
     params: LiveParams
+    cookie: str | None = None
 
 
 @dataclass(frozen=True)
 class PresetRequest:
     session: str
     preset: str
+    cookie: str | None = None
 
 
 @dataclass(frozen=True)
 class ResetRequest:
     session: str
+    cookie: str | None = None
 
 
 @dataclass(frozen=True)
 class CloseRequest:
     session: str
+    cookie: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ def _preset_name(value, where: str, session: str) -> str:
     """A preset name: hosts choose presets by name (shipped, or the server's own --preset), never by path."""
     name = read_str(value, "preset", where)
     if "/" in name or "\\" in name or name.endswith(".toml"):
-        raise ProtocolError(ErrorCode.BAD_PARAMETER, f"{where}: preset {name[:80]!r}: over the bridge, presets are "
+        raise ProtocolError(ErrorCode.BAD_PARAMETER, f"{where}: preset {brief(name)}: over the bridge, presets are "
                                                      "chosen by name (a shipped preset, or the server's --preset)",
                             session)
     return name
@@ -98,7 +106,7 @@ def live_params(pairs: dict, where: str, session: str) -> LiveParams:
             style[key[len(STYLE_PREFIX):]] = read_float(value, key, where)
             continue
         if key not in LIVE_FIELDS:
-            raise ProtocolError(ErrorCode.BAD_PARAMETER, f"{where}: {key!r} is not a live parameter; parameters: "
+            raise ProtocolError(ErrorCode.BAD_PARAMETER, f"{where}: {brief(key)} is not a live parameter; parameters: "
                                                          f"{', '.join(LIVE_FIELDS)}, {STYLE_PREFIX}<tag>", session)
         spec = PARAM_SPECS[key]
         if spec.kind == "int":
@@ -111,6 +119,24 @@ def live_params(pairs: dict, where: str, session: str) -> LiveParams:
                 raise ProtocolError(ErrorCode.BAD_PARAMETER, f"{where}: prompt: expected at most {MAX_PROMPT_BYTES} "
                                                              f"bytes of printable text", session)
     return LiveParams(fields, style)
+
+
+def read_cookie(value, where: str, session: str) -> str:
+    cookie = read_str(value, "cookie", where)
+    if not 1 <= len(cookie) <= MAX_COOKIE_CHARS or not cookie.isprintable():
+        raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: cookie {brief(cookie)} must be 1 to "
+                                                     f"{MAX_COOKIE_CHARS} printable characters", session)
+    return cookie
+
+
+def _trailing_cookie(args: tuple, counts: tuple[int, ...], names: str, where: str, session: str):
+    """The arguments before an optional trailing cookie, and the cookie (None when absent): ``counts`` are the
+    argument counts without it."""
+    if len(args) in counts:
+        return args, None
+    if len(args) - 1 in counts:
+        return args[:-1], read_cookie(args[-1], where, session)
+    expect_count(args, counts[0], names + ", [cookie]", where, session)
 
 
 def _parse_open(args: tuple) -> OpenRequest:
@@ -134,6 +160,9 @@ def _parse_open(args: tuple) -> OpenRequest:
     token = options.pop("token", None)
     deadline = options.pop("deadline_ms", None)
     reply_port = options.pop("reply_port", None)
+    cookie = options.pop("cookie", None)
+    if cookie is not None:
+        cookie = read_cookie(cookie, where, session)
     if token is not None:
         token = read_str(token, "token", where)
     if deadline is not None:
@@ -147,41 +176,44 @@ def _parse_open(args: tuple) -> OpenRequest:
             raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: reply_port = {reply_port}; expected 1 to 65535",
                                 session)
     return OpenRequest(session, sample_rate, channels, buffer_frames, preset or None,
-                       live_params(options, where, session), token, deadline, reply_port)
+                       live_params(options, where, session), token, deadline, reply_port, cookie)
 
 
 def _parse_audio(args: tuple) -> AudioChunk:
     where = AUDIO
     session = read_session(args, where)
-    expect_count(args, 5, "session, seq, frame_offset, total_frames, samples", where, session)
+    args, cookie = _trailing_cookie(args, (5,), "session, seq, frame_offset, total_frames, samples", where, session)
     seq = read_int(args[1], "seq", where)
     offset = read_int(args[2], "frame_offset", where)
     total = read_int(args[3], "total_frames", where)
     if not isinstance(args[4], bytes):
         raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: samples = ({type_name(args[4])}); expected a blob "
                                                      "of float32 little-endian samples", session, seq)
-    return AudioChunk(session, seq, offset, total, args[4])
+    return AudioChunk(session, seq, offset, total, args[4], cookie)
 
 
 def _parse_param(args: tuple) -> ParamRequest:
     session = read_session(args, PARAM)
+    cookie = None
+    if len(args) % 2 == 0:  # the session, key value pairs, and a trailing cookie
+        args, cookie = args[:-1], read_cookie(args[-1], PARAM, session)
     if len(args) < 3:
         raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{PARAM}: expected the session and at least one key value "
                                                      "pair", session)
-    return ParamRequest(session, live_params(read_pairs(args[1:], PARAM, session), PARAM, session))
+    return ParamRequest(session, live_params(read_pairs(args[1:], PARAM, session), PARAM, session), cookie)
 
 
 def _parse_preset(args: tuple) -> PresetRequest:
     session = read_session(args, PRESET)
-    expect_count(args, 2, "session, preset", PRESET, session)
-    return PresetRequest(session, _preset_name(args[1], PRESET, session))
+    args, cookie = _trailing_cookie(args, (2,), "session, preset", PRESET, session)
+    return PresetRequest(session, _preset_name(args[1], PRESET, session), cookie)
 
 
 def _parse_session_only(cls, where: str):
     def parse(args: tuple):
         session = read_session(args, where)
-        expect_count(args, 1, "session", where, session)
-        return cls(session)
+        _, cookie = _trailing_cookie(args, (1,), "session", where, session)
+        return cls(session, cookie)
     return parse
 
 
@@ -207,6 +239,6 @@ def parse_request(message: Message) -> Request:
     """The request a message carries; raises ProtocolError naming the argument at fault."""
     parser = PARSERS.get(message.address)
     if parser is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_ADDRESS, f"unknown address {message.address[:80]!r}; the bridge "
+        raise ProtocolError(ErrorCode.UNKNOWN_ADDRESS, f"unknown address {brief(message.address)}; the bridge "
                                                        f"answers {', '.join(PARSERS)}")
     return parser(message.args)

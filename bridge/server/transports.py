@@ -5,6 +5,13 @@ first byte announces and answers in the same framing; UDP takes one packet per d
 address (or the ``reply_port`` given at open), audio split into datagrams of at most ``udp_packet_bytes``.
 Everything else happens in ``dispatch.Bridge``. A TCP connection stops being read while one of its sessions has
 many blocks waiting or while its replies are not being read (back-pressure instead of unbounded queues).
+
+Peers cannot hold the transports either: a TCP connection must send a whole packet within the handshake timeout,
+one without sessions is closed after the idle timeout, and when all connections are taken the one without
+sessions that was quiet longest makes room for a new one. A UDP source address is sent at most
+``udp_reply_factor`` times the bytes it sent until it proves it receives what is sent to it (it echoes a cookie:
+dispatch.py), so a forged source address never turns the bridge into an amplifier; nothing is sent to the bridge's
+own port, and datagrams that claim to come from it are dropped.
 """
 
 from __future__ import annotations
@@ -38,6 +45,15 @@ AUDIO_REPLY = reply_address(AUDIO)
 UDP_READ_BYTES = 1 << 16  # larger than any UDP datagram's payload
 UDP_DRAIN = 256  # datagrams read in one go at most, so that TCP peers and timers get their turn
 MAX_UDP_PEERS = 1024  # source addresses whose peer objects are kept
+SWEEP_SECONDS = 1.0  # how often connections are checked for the handshake and idle timeouts
+UDP_MAX_BUFFERED = 4 << 20  # datagrams waiting for the UDP socket past this are dropped
+
+
+def _is_own_address(host: str, bound: str) -> bool:
+    try:
+        return host == bound or ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def is_loopback(host: str) -> bool:
@@ -155,6 +171,7 @@ class _DatagramWriter(_Writer):
     def __init__(self, sock: socket.socket | None):
         super().__init__()
         self._sock = sock  # the endpoint's socket (the transport's own)
+        self.dropped = 0  # datagrams dropped because the socket's own buffer was full
 
     def send(self, packets: list, address) -> None:
         with self.lock:
@@ -175,6 +192,9 @@ class _DatagramWriter(_Writer):
 
     def _sendto_transport(self, packets: list, address) -> None:
         for packet in packets:
+            if self.transport.get_write_buffer_size() > UDP_MAX_BUFFERED:  # a lossy transport: dropped, not kept
+                self.dropped += 1
+                continue
             self.transport.sendto(packet, address)
 
 
@@ -210,7 +230,10 @@ class TcpConnection(asyncio.Protocol):
         self.number = next(self._numbers)
         self.transport: asyncio.Transport | None = None
         self.peer: TcpPeer | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.closed = loop.create_future()
+        self.opened_at = loop.time()
+        self.last_packet: float | None = None  # loop time of its last whole packet (None: none yet)
         self.writer = _StreamWriter(self.number)
         self._framing = None
         self._congested: set[str] = set()
@@ -219,13 +242,24 @@ class TcpConnection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        if len(self.server.connections) >= MAX_CONNECTIONS:
-            log.warning("refusing a TCP connection from %s: %d connections open (the limit)",
+        if len(self.server.connections) >= MAX_CONNECTIONS and not self.server.make_room():
+            log.warning("refusing a TCP connection from %s: %d connections open (the limit), all with sessions",
                         transport.get_extra_info("peername"), MAX_CONNECTIONS)
             transport.close()
             return
         self.writer.attach(transport)
         self.server.connections.add(self)
+
+    @property
+    def sessions(self) -> int:
+        return 0 if self.peer is None else self.server.bridge.peer_sessions(self.peer)
+
+    def idle_since(self) -> float:
+        return self.opened_at if self.last_packet is None else self.last_packet
+
+    def close_for(self, reason: str) -> None:
+        log.info("connection %d closed: %s", self.number, reason)
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._framing is None:
@@ -246,6 +280,7 @@ class TcpConnection(asyncio.Protocol):
             if isinstance(item, FramingError):
                 self.server.bridge.frame_error(self.peer, item)
             else:
+                self.last_packet = asyncio.get_running_loop().time()
                 self.server.bridge.handle_packet(item, self.peer)
 
     def connection_lost(self, exc) -> None:
@@ -283,24 +318,58 @@ class TcpConnection(asyncio.Protocol):
 
 
 # ---- UDP ------------------------------------------------------------------------------------------------
+class ReplyBudget:
+    """What may be sent on behalf of one UDP source address before it proves its address: ``factor`` times the
+    bytes it sent (as QUIC holds a server to 3x before the client's address is validated)."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+        self.received = self.sent = self.refused = 0
+
+    def allow(self, n: int) -> bool:
+        if self.sent + n > self.factor * self.received:
+            self.refused += 1
+            return False
+        self.sent += n
+        return True
+
+
 class UdpPeer(Peer):
     threadsafe_sends = True
+    spoofable = True
 
-    def __init__(self, writer: _DatagramWriter, source: tuple, max_packet: int, reply_to=None):
+    def __init__(self, writer: _DatagramWriter, source: tuple, max_packet: int, budget: ReplyBudget,
+                 server_port: int, reply_to=None):
         self.key = ("udp", source[0], source[1])
         self.max_packet = max_packet
+        self.budget = budget
         self._writer = writer
         self._source = source
+        self._server_port = server_port
         self._reply_to = reply_to or source
+        self._proven = False
 
     def send(self, message: Message) -> None:
-        self._writer.send([encode_message(message)], self._reply_to)
+        packet = encode_message(message)
+        if self._proven or self.budget.allow(len(packet)):
+            self._writer.send([packet], self._reply_to)
 
     def send_audio(self, session: str, seq: int, audio, flags: int) -> None:
-        self._writer.send(audio_packets(AUDIO_REPLY, session, seq, audio, flags, self.max_packet), self._reply_to)
+        packets = audio_packets(AUDIO_REPLY, session, seq, audio, flags, self.max_packet)
+        if self._proven or self.budget.allow(sum(map(len, packets))):
+            self._writer.send(packets, self._reply_to)
+
+    def prove_address(self) -> None:
+        self._proven = True
+
+    def cookie_address(self) -> str:
+        return f"{self._reply_to[0]}:{self._reply_to[1]}"
 
     def with_reply_port(self, port: int) -> "UdpPeer":
-        return UdpPeer(self._writer, self._source, self.max_packet, (self._source[0], port))
+        if port == self._server_port:
+            raise ValueError(f"reply_port = {port} is the bridge's own port; give the port your host listens on")
+        return UdpPeer(self._writer, self._source, self.max_packet, self.budget, self._server_port,
+                       (self._source[0], port))
 
 
 def udp_socket(host: str, port: int) -> socket.socket:
@@ -333,6 +402,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.writer.transport = transport
+        self.address = transport.get_extra_info("sockname")[:2]
 
     def connection_lost(self, exc) -> None:
         self.writer.close()
@@ -354,11 +424,16 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             self._handle(bytes(self._view[:size]), addr)
 
     def _handle(self, data: bytes, addr) -> None:
+        if addr[1] == self.address[1] and _is_own_address(addr[0], self.address[0]):
+            return  # the bridge's own port: a forged source (answering it would make the bridge talk to itself)
         peer = self._peers.get(addr)
         if peer is None:
             if len(self._peers) >= MAX_UDP_PEERS:  # forget them all: a peer is cheap to make again
                 self._peers.clear()
-            peer = self._peers[addr] = UdpPeer(self.writer, addr[:2], self.server.settings.udp_packet_bytes)
+            settings = self.server.settings
+            peer = self._peers[addr] = UdpPeer(self.writer, addr[:2], settings.udp_packet_bytes,
+                                               ReplyBudget(settings.udp_reply_factor), self.address[1])
+        peer.budget.received += len(data)
         self.server.bridge.handle_packet(data, peer)
 
     def error_received(self, exc) -> None:  # e.g. ICMP port unreachable: a host that went away
@@ -380,6 +455,32 @@ class BridgeServer:
         self.udp_address: tuple | None = None
         self._tcp: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
+        self._sweeper: asyncio.Task | None = None
+
+    def make_room(self) -> bool:
+        """Close the connection without sessions that was quiet longest, for a new one; False when every
+        connection has sessions."""
+        idle = [c for c in self.connections if c.sessions == 0]
+        if not idle:
+            return False
+        min(idle, key=TcpConnection.idle_since).close_for(f"making room for a new connection ({MAX_CONNECTIONS} "
+                                                           "open, the limit)")
+        return True
+
+    async def _sweep(self) -> None:
+        """Close connections that sent no whole packet within the handshake timeout, and those without sessions
+        that sent nothing for the idle timeout."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = asyncio.get_running_loop().time()
+            for c in list(self.connections):
+                if c.transport is None or c.transport.is_closing():
+                    continue
+                if c.last_packet is None and now - c.opened_at > s.tcp_handshake_timeout_s:
+                    c.close_for(f"no whole packet within {s.tcp_handshake_timeout_s:g} s")
+                elif c.last_packet is not None and now - c.last_packet > s.tcp_idle_timeout_s and c.sessions == 0:
+                    c.close_for(f"no session and nothing sent for {s.tcp_idle_timeout_s:g} s")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -394,6 +495,7 @@ class BridgeServer:
         self._udp, _ = await loop.create_datagram_endpoint(lambda: UdpEndpoint(self, sock), sock=sock)
         self.udp_address = sock.getsockname()[:2]
         self.bridge.start()
+        self._sweeper = loop.create_task(self._sweep())
 
     def ready_line(self) -> str:
         runtime = self.workers.runtime
@@ -405,6 +507,8 @@ class BridgeServer:
     async def stop(self) -> None:
         """Stop listening, answer what is in flight, close every connection (their replies flushed)."""
         self._tcp.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await self.bridge.shutdown()
         closing = [c.closed for c in self.connections]
         for connection in list(self.connections):

