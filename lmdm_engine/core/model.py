@@ -334,13 +334,16 @@ class Denoiser(nn.Module):
         return new
 
     # ---- persistence ----------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | Path) -> Path:
+    def save_pretrained(self, folder: str | Path, half: bool = False) -> Path:
+        """``config.json`` + ``model.safetensors``; ``half`` stores the weights as float16 (half the size: the
+        shipped model, whose size is bounded; they load back into float32)."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.save(folder)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        dtype = torch.float16 if half else None
+        state = {k: v.detach().to(dtype=dtype or v.dtype).contiguous().cpu() for k, v in self.state_dict().items()}
         with atomic_write(folder / WEIGHTS_NAME) as partial:
             save_file(state, str(partial), metadata={"format": "pt", "config": CONFIG_NAME})
         return folder
