@@ -33,7 +33,7 @@ from lmdm_engine.io.presets import resolve_preset  # noqa: E402
 from lmdm_engine.runtime.torch import TorchRuntime  # noqa: E402
 from lmdm_engine.stream.session import Session  # noqa: E402
 
-from conftest import preset_params, random_model  # noqa: E402
+from conftest import preset_params, random_model, save_debug_model  # noqa: E402
 from test_bridge_support import DELAY  # noqa: E402
 
 PEER_BYTES = 8 << 20  # the server's quota of bytes in flight per peer
@@ -44,8 +44,7 @@ ALLOWANCE_MIB = 48  # what an attacker may hold: its bytes in flight, and a few 
 def model_dir(tmp_path_factory):
     """A debug model that takes text prompts (so that a free-text prompt reaches the text encoder check)."""
     folder = tmp_path_factory.mktemp("text_model")
-    random_model(text_dim=384, text_encoder=TEXT_ENCODER).save_pretrained(folder)
-    return folder
+    return save_debug_model(random_model(text_dim=384, text_encoder=TEXT_ENCODER), folder)
 
 
 @pytest.fixture(scope="module")
@@ -209,13 +208,14 @@ def test_corrupt_graphs_and_huge_dimensions_are_refused_naming_the_file(tmp_path
         (corrupt / entry["file"]).write_bytes(b"not a graph" * 100)
         entry["sha256"] = file_digest(corrupt / entry["file"])
     (corrupt / "manifest.json").write_text(json.dumps(manifest))
+    (corrupt / "codec.safetensors").write_bytes((shipped["folder"] / "codec.safetensors").read_bytes())
     message = _serve(["--model", str(corrupt), "--runtime", "onnx"])
     assert "denoiser_step.onnx: not a graph ONNX Runtime can load" in message
 
     huge = tmp_path / "huge_manifest"
     huge.mkdir()
-    for entry in manifest["graphs"].values():
-        (huge / entry["file"]).write_bytes((corrupt / entry["file"]).read_bytes())
+    for file in [entry["file"] for entry in manifest["graphs"].values()] + ["codec.safetensors"]:
+        (huge / file).write_bytes((corrupt / file).read_bytes())
     manifest["config"]["window_blocks"] = 64
     manifest["config"]["block_frames"] = 4096
     (huge / "manifest.json").write_text(json.dumps(manifest))
@@ -226,7 +226,8 @@ def test_corrupt_graphs_and_huge_dimensions_are_refused_naming_the_file(tmp_path
     wide.mkdir()
     config = json.loads((model_dir / "config.json").read_text())
     (wide / "config.json").write_text(json.dumps({**config, "width": 1 << 20, "heads": 2}))
-    (wide / "model.safetensors").write_bytes((model_dir / "model.safetensors").read_bytes())
+    for name in ("model.safetensors", "codec.safetensors"):
+        (wide / name).write_bytes((model_dir / name).read_bytes())
     message = _serve(["--model", str(wide), "--runtime", "torch"])
     assert "config.json" in message and "'width': must be in [2, 4096]" in message
 
