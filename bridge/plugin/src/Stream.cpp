@@ -1,0 +1,189 @@
+#include "Stream.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+namespace lmdm {
+namespace {
+
+constexpr double kPaceSeconds = 0.1;     // the pace is smoothed over about this much audio
+constexpr double kWaitSeconds = 5.0;     // offline: the longest wait for one reply
+constexpr double kSlowWaitSeconds = 0.05;  // ... after one timed out, until a reply comes in time again
+constexpr double kSettleSeconds = 2.0;   // offline: the longest wait for a new session's latency
+constexpr auto kWaitStep = std::chrono::microseconds(100);
+
+uint64_t nextPow2(uint64_t n) {
+    uint64_t p = 1;
+    while (p < n) p <<= 1;
+    return p;
+}
+
+}  // namespace
+
+void Pace::enter(Clock::time_point now, uint32_t frames, double rate) {
+    if (!started_ || frames == 0 || rate <= 0) return;
+    const double audio = frames / rate;
+    const double host = std::chrono::duration<double>(now - lastExit_).count();
+    const double ratio = std::min(2.0, host / audio);  // a long pause (stopped transport) counts as live, no more
+    ratio_ += std::min(1.0, audio / kPaceSeconds) * (ratio - ratio_);
+}
+
+uint32_t Stream::latencyFor(int32_t sessionLatency, uint32_t blockFrames, uint32_t hostBuffer) {
+    return uint32_t(std::max(0, sessionLatency)) + blockFrames + std::min(hostBuffer, kMaxHostBuffer);
+}
+
+void Stream::prepare(std::shared_ptr<StreamBuffers> buffers, uint32_t hostBuffer, uint32_t epoch) {
+    buf_ = std::move(buffers);
+    channels_ = buf_->channels;
+    blockFrames_ = buf_->blockFrames;
+    rate_ = buf_->rate;
+    hostBuffer_ = std::max<uint32_t>(1, std::min(hostBuffer, kMaxHostBuffer));
+    epoch_ = epoch;
+    const uint64_t frames = nextPow2(uint64_t(kMaxLatencySeconds * rate_) + blockFrames_ + kMaxHostBuffer +
+                                     kChunkFrames + 1);
+    if (dry_.size() != frames * channels_) dry_.assign(frames * channels_, 0.0f);
+    else std::fill(dry_.begin(), dry_.end(), 0.0f);
+    dryMask_ = frames - 1;
+    block_.assign(size_t(blockFrames_) * channels_, 0.0f);
+    blockFill_ = 0;
+    inPos_ = outPos_ = nextBlock_ = 0;
+    sessionLatency_ = -1;
+    curBlock_ = -1;
+    curReply_ = nullptr;
+    slow_ = false;
+    shared_.playTag.store(blockTag(epoch_, 0), std::memory_order_release);
+    adoptLatency();
+}
+
+void Stream::adoptLatency() {
+    const int32_t latency = shared_.latencySamples.load(std::memory_order_acquire);
+    if (latency == sessionLatency_) return;
+    sessionLatency_ = latency;
+    L_ = latencyFor(latency, blockFrames_, hostBuffer_);
+    curBlock_ = -1;  // the frames to play moved: choose the block again
+}
+
+void Stream::process(const float* const* in, float* const* out, uint32_t frames) {
+    const auto start = Pace::Clock::now();
+    pace_.enter(start, frames, rate_);
+    shared_.offline.store(pace_.offline(), std::memory_order_relaxed);
+    if (pace_.offline() && outPos_ + frames <= L_) settleLatency();  // before any audio: moving L jumps nothing
+    adoptLatency();
+    for (uint32_t done = 0; done < frames;) {
+        const uint32_t n = std::min(frames - done, kChunkFrames);
+        ingest(in, done, n);  // first: the output may overwrite the input (in-place hosts)
+        render(out, done, n);
+        done += n;
+    }
+    pace_.exit(Pace::Clock::now());
+}
+
+void Stream::ingest(const float* const* in, uint32_t offset, uint32_t frames) {
+    const uint32_t c = channels_;
+    for (uint32_t i = 0; i < frames; ++i) {
+        float* dry = &dry_[((uint64_t(inPos_) + i) & dryMask_) * c];
+        if (blockFill_ == 0) blockParams_ = shared_.snapshot();  // parameters change between blocks
+        float* block = &block_[size_t(blockFill_) * c];
+        for (uint32_t ch = 0; ch < c; ++ch) dry[ch] = block[ch] = in[ch][offset + i];
+        if (++blockFill_ == blockFrames_) pushBlock();
+    }
+    inPos_ += frames;
+}
+
+void Stream::pushBlock() {
+    blockFill_ = 0;
+    const int64_t index = nextBlock_++;
+    uint32_t slot;
+    if (!buf_->ring.writable(slot)) {  // the network thread is stuck: this block gets no reply, play it dry
+        shared_.droppedBlocks.fetch_add(1, std::memory_order_relaxed);
+        buf_->tag(buf_->replySlot(index)).store(blockTag(epoch_, index) | kSkipped, std::memory_order_release);
+        return;
+    }
+    BlockHeader& h = buf_->header(slot);
+    h.epoch = epoch_;
+    h.index = index;
+    h.params = blockParams_;
+    std::memcpy(buf_->sendAudio(slot), block_.data(), block_.size() * sizeof(float));
+    buf_->ring.publish();
+}
+
+void Stream::render(float* const* out, uint32_t offset, uint32_t frames) {
+    const uint32_t c = channels_;
+    uint32_t j = 0;
+    while (j < frames) {
+        const int64_t m = outPos_ + j - L_;  // the input frame this output frame plays
+        if (m < 0) {
+            const uint32_t run = uint32_t(std::min<int64_t>(frames - j, -m));
+            for (uint32_t ch = 0; ch < c; ++ch) std::memset(out[ch] + offset + j, 0, run * sizeof(float));
+            j += run;
+            continue;
+        }
+        const int64_t block = m / blockFrames_;
+        const uint32_t within = uint32_t(m % blockFrames_);
+        if (block != curBlock_) selectBlock(block);
+        const uint32_t run = std::min(frames - j, blockFrames_ - within);
+        if (curReply_ != nullptr) {
+            const float* src = curReply_ + size_t(within) * c;
+            for (uint32_t i = 0; i < run; ++i)
+                for (uint32_t ch = 0; ch < c; ++ch) out[ch][offset + j + i] = src[size_t(i) * c + ch];
+        } else {
+            for (uint32_t i = 0; i < run; ++i) {
+                const float* src = &dry_[((uint64_t(m) + i) & dryMask_) * c];
+                for (uint32_t ch = 0; ch < c; ++ch) out[ch][offset + j + i] = src[ch];
+            }
+        }
+        j += run;
+    }
+    outPos_ += frames;
+}
+
+void Stream::selectBlock(int64_t block) {
+    curBlock_ = block;
+    shared_.playTag.store(blockTag(epoch_, block), std::memory_order_release);
+    const uint32_t slot = buf_->replySlot(block);
+    const uint64_t want = blockTag(epoch_, block);
+    uint64_t tag = buf_->tag(slot).load(std::memory_order_acquire);
+    if (tag != want && tag != (want | kSkipped) && pace_.offline() && waitForReply(slot, want)) {
+        tag = want;
+    }
+    if (tag == want) {
+        curReply_ = buf_->replyAudio(slot);
+        slow_ = false;
+    } else {
+        curReply_ = nullptr;
+        shared_.dryBlocks.fetch_add(1, std::memory_order_relaxed);
+    }
+}
+
+// Offline, while the output is still the silence before the first delayed frame: wait, boundedly, for a session
+// to measure the latency of the parameters the host has just set (hosts send them with the first calls).
+void Stream::settleLatency() {
+    const uint64_t key = configKey(uint32_t(rate_), shared_.params[kDelay].load(std::memory_order_relaxed));
+    const auto start = Pace::Clock::now();
+    while (shared_.latencyKey.load(std::memory_order_acquire) != key && replyCanCome(shared_, key) &&
+           Pace::Clock::now() - start < std::chrono::duration<double>(kSettleSeconds)) {
+        std::this_thread::sleep_for(kWaitStep);
+    }
+}
+
+// Offline only: wait, boundedly, while a reply can come (the network thread keeps the blocks of a session it is
+// about to open, and marks those that will get no reply).
+bool Stream::waitForReply(uint32_t slot, uint64_t want) {
+    const auto limit = std::chrono::duration<double>(slow_ ? kSlowWaitSeconds : kWaitSeconds);
+    const uint64_t key = configKey(uint32_t(rate_), shared_.params[kDelay].load(std::memory_order_relaxed));
+    const auto start = Pace::Clock::now();
+    for (;;) {
+        const uint64_t tag = buf_->tag(slot).load(std::memory_order_acquire);
+        if (tag == want) return true;
+        if (tag == (want | kSkipped) || !replyCanCome(shared_, key)) return false;
+        if (Pace::Clock::now() - start > limit) {
+            shared_.waitTimeouts.fetch_add(1, std::memory_order_relaxed);
+            slow_ = true;
+            return false;
+        }
+        std::this_thread::sleep_for(kWaitStep);
+    }
+}
+
+}  // namespace lmdm

@@ -1,0 +1,81 @@
+// The audio thread's side: host buffers of any size in, the same size out, delayed by the reported latency.
+//
+//   input  -> dry line (every frame, for the dry path)  +  blocks of B frames -> send ring -> network thread
+//   output frame n = the bridge's reply for input frame n - L, or the dry input frame n - L when there is none
+//
+// L = the session's latency_samples + B (the block being collected) + H (one host buffer): a reply is needed
+// latency_samples + H frames after its block was sent, so a real-time host gives the bridge at least the session's
+// latency to answer. The session's own output already holds the echo latency_samples after the dry signal, so
+// the plugin's output is the session's output delayed by exactly L, wet or dry; nothing jumps when the bridge comes
+// or goes. No allocation, lock or system call here except the clock, and sleeping while an offline render waits.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "Shared.hpp"
+
+namespace lmdm {
+
+// Real time or not, from the host's pace: the time the host spends between our calls against the audio each call
+// carries. A live host calls once per buffer period (ratio about 1); an offline render calls back to back (about 0).
+class Pace {
+public:
+    using Clock = std::chrono::steady_clock;
+    void enter(Clock::time_point now, uint32_t frames, double rate);
+    void exit(Clock::time_point now) { lastExit_ = now; started_ = true; }
+    bool offline() const { return ratio_ < 0.5; }
+
+private:
+    Clock::time_point lastExit_{};
+    bool started_ = false;
+    double ratio_ = 1.0;  // smoothed host time / audio time; live until shown otherwise
+};
+
+class Stream {
+public:
+    explicit Stream(Shared& shared) : shared_(shared) {}
+
+    // Main thread, while not processing: a fresh stream for `buffers` (rate, channels, block) and host buffers up to
+    // `hostBuffer` frames, in `epoch`. Allocates.
+    void prepare(std::shared_ptr<StreamBuffers> buffers, uint32_t hostBuffer, uint32_t epoch);
+    bool prepared() const { return buf_ != nullptr; }
+
+    // Audio thread. `in` and `out` may be the same buffers.
+    void process(const float* const* in, float* const* out, uint32_t frames);
+
+    // The latency in use (frames), for the host.
+    uint32_t latency() const { return uint32_t(L_); }
+    // What the latency is for a session latency and host buffer (main thread, before processing).
+    static uint32_t latencyFor(int32_t sessionLatency, uint32_t blockFrames, uint32_t hostBuffer);
+
+private:
+    void adoptLatency();
+    void settleLatency();
+    void ingest(const float* const* in, uint32_t offset, uint32_t frames);
+    void pushBlock();
+    void render(float* const* out, uint32_t offset, uint32_t frames);
+    void selectBlock(int64_t block);
+    bool waitForReply(uint32_t slot, uint64_t want);
+
+    Shared& shared_;
+    std::shared_ptr<StreamBuffers> buf_;
+    uint32_t channels_ = 0, blockFrames_ = 0, hostBuffer_ = 0, epoch_ = 0;
+    double rate_ = 0.0;
+    std::vector<float> dry_;  // interleaved ring of the input, dryMask_ + 1 frames
+    uint64_t dryMask_ = 0;
+    std::vector<float> block_;  // the block being collected, interleaved
+    uint32_t blockFill_ = 0;
+    Snapshot blockParams_;
+    int64_t inPos_ = 0, outPos_ = 0, nextBlock_ = 0;
+    int32_t sessionLatency_ = -1;
+    int64_t L_ = 0;
+    int64_t curBlock_ = -1;
+    const float* curReply_ = nullptr;  // the reply being played, or null: dry
+    bool slow_ = false;                // offline: a reply timed out; wait briefly until one comes in time again
+    Pace pace_;
+};
+
+}  // namespace lmdm
