@@ -56,6 +56,7 @@ void Link::setServer(const std::string& host, int port) {
         host_ = host;
         port_ = port;
     }
+    shared_.unreachable.store(false);  // not known for the new address until the network thread has tried it
     shared_.serverGeneration.fetch_add(1);
 }
 

@@ -157,12 +157,20 @@ protected:
         // empty: "not saved" (DPF's LV2 presets carry the state of the instance that wrote them, which has none)
         if (link_ == nullptr || value == nullptr || *value == '\0') return;
         if (std::strcmp(key, kStateHost) == 0) {
-            if (validHost(value)) link_->setServer(value, link_->port());
-            else logLine(std::string("state ") + kStateHost + " = '" + value + "' is not a host name or address; keeping " + link_->host());
+            if (validHost(value)) {
+                link_->setServer(value, link_->port());
+            } else {
+                logLine(std::string("state ") + kStateHost + " = '" + value + "' is not a host name or address; "
+                        "keeping " + link_->host());
+            }
         } else if (std::strcmp(key, kStatePort) == 0) {
             const int port = parsePort(value);
-            if (port) link_->setServer(link_->host(), port);
-            else logLine(std::string("state ") + kStatePort + " = '" + value + "' is not a port (1 to 65535); keeping " + std::to_string(link_->port()));
+            if (port) {
+                link_->setServer(link_->host(), port);
+            } else {
+                logLine(std::string("state ") + kStatePort + " = '" + value + "' is not a port (1 to 65535); keeping " +
+                        std::to_string(link_->port()));
+            }
         }
     }
 
@@ -172,18 +180,7 @@ protected:
         const uint32_t rate = uint32_t(getSampleRate());
         shared_.sampleRate.store(rate);
         refreshLatency(true);
-        std::shared_ptr<StreamBuffers> buffers;
-        {
-            std::lock_guard<std::mutex> lock(shared_.buffersMutex);
-            if (!shared_.buffers || shared_.buffers->rate != rate) {
-                const uint32_t block = blockFramesFor(rate);
-                const uint64_t frames = uint64_t(kMaxLatencySeconds * rate) + block + kMaxHostBuffer + kChunkFrames;
-                uint32_t slots = 8;
-                while (slots < frames / block + 8) slots <<= 1;
-                shared_.buffers = std::make_shared<StreamBuffers>(rate, kChannels, block, slots);
-            }
-            buffers = shared_.buffers;
-        }
+        const std::shared_ptr<StreamBuffers> buffers = buffersFor(rate);
         const uint32_t epoch = shared_.epoch.load() + 1;
         stream_.prepare(buffers, getBufferSize(), epoch);
         shared_.epoch.store(epoch);  // the network thread opens a session for this stream
@@ -212,6 +209,20 @@ protected:
     }
 
 private:
+    // The send ring and reply slots for a rate: the ones in use, or new ones (the network thread keeps the old ones
+    // for as long as it holds them). Enough blocks for the longest latency, a host buffer and a processed piece.
+    std::shared_ptr<StreamBuffers> buffersFor(uint32_t rate) {
+        std::lock_guard<std::mutex> lock(shared_.buffersMutex);
+        if (!shared_.buffers || shared_.buffers->rate != rate) {
+            const uint32_t block = blockFramesFor(rate);
+            const uint64_t frames = uint64_t(kMaxLatencySeconds * rate) + block + kMaxHostBuffer + kChunkFrames;
+            uint32_t slots = 8;
+            while (slots < frames / block + 8) slots <<= 1;
+            shared_.buffers = std::make_shared<StreamBuffers>(rate, kChannels, block, slots);
+        }
+        return shared_.buffers;
+    }
+
     // Set-up (not the audio thread): the latency for the current rate, delay and host buffer, asking the network
     // thread (which asks the server) first when `wait`, for up to kLatencyWaitSeconds.
     void refreshLatency(bool wait) {
@@ -228,9 +239,9 @@ private:
 
     Shared shared_;
     Stream stream_;
-    std::unique_ptr<Link> link_;  // declared last: its thread stops first
     std::atomic<float> connected_{0.0f};  // written by run, read by the host from any thread
     uint32_t latencyInUse_ = 0;
+    std::unique_ptr<Link> link_;  // declared last: its thread stops first
 
     DISTRHO_DECLARE_NON_COPYABLE_WITH_LEAK_DETECTOR(LmdmPlugin)
 };

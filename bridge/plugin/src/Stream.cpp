@@ -7,7 +7,8 @@
 namespace lmdm {
 namespace {
 
-constexpr double kPaceSeconds = 0.1;     // the pace is smoothed over about this much audio
+constexpr double kFastPaceSeconds = 0.1;  // the pace is smoothed over about this much audio ...
+constexpr double kSlowPaceSeconds = 0.5;  // ... and over this much
 constexpr double kWaitSeconds = 5.0;     // offline: the longest wait for one reply
 constexpr double kSlowWaitSeconds = 0.05;  // ... after one timed out, until a reply comes in time again
 constexpr double kSettleSeconds = 2.0;   // offline: the longest wait for a new session's latency
@@ -22,11 +23,14 @@ uint64_t nextPow2(uint64_t n) {
 }  // namespace
 
 void Pace::enter(Clock::time_point now, uint32_t frames, double rate) {
-    if (!started_ || frames == 0 || rate <= 0) return;
+    if (frames == 0 || rate <= 0) return;
     const double audio = frames / rate;
+    streamSeconds_ += audio;
+    if (!started_) return;
     const double host = std::chrono::duration<double>(now - lastExit_).count();
     const double ratio = std::min(2.0, host / audio);  // a long pause (stopped transport) counts as live, no more
-    ratio_ += std::min(1.0, audio / kPaceSeconds) * (ratio - ratio_);
+    fast_ += std::min(1.0, audio / kFastPaceSeconds) * (ratio - fast_);
+    slow_ += std::min(1.0, audio / kSlowPaceSeconds) * (ratio - slow_);
 }
 
 uint32_t Stream::latencyFor(int32_t sessionLatency, uint32_t blockFrames, uint32_t hostBuffer) {
@@ -52,6 +56,7 @@ void Stream::prepare(std::shared_ptr<StreamBuffers> buffers, uint32_t hostBuffer
     curBlock_ = -1;
     curReply_ = nullptr;
     slow_ = false;
+    pace_.restart();
     shared_.playTag.store(blockTag(epoch_, 0), std::memory_order_release);
     adoptLatency();
 }

@@ -9,13 +9,11 @@
 //
 // IN.f32 and OUT.f32: float32 interleaved frames. --realtime paces the calls at the audio's own speed (a live
 // host, with a real-time priority for its audio thread when the system grants one: "rt_priority 1"); otherwise
-// they run back to back (an offline render). --timings writes each process call's wall seconds, then its CPU
-// seconds (the audio thread's own CPU time: what the call cost, without the time the thread was preempted).
+// they run back to back (an offline render). --timings writes each process call's seconds (float64).
 // Output lines: "latency N" after activate and "latency_end N" at the end, "connected V" (the output parameter).
 #include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
-#include <time.h>
 
 #include <algorithm>
 #include <chrono>
@@ -219,7 +217,7 @@ int main(int argc, char** argv) {
     const size_t frames = raw.size() / (sizeof(float) * channels);
     const float* input = reinterpret_cast<const float*>(raw.data());
     std::vector<float> output(frames * channels);
-    std::vector<double> timings, cpuTimings;
+    std::vector<double> timings;
     bool rtPriority = false;
 
     uint32_t maxFrames = 1;  // what the host declares: its largest buffer
@@ -234,11 +232,6 @@ int main(int argc, char** argv) {
             param.sched_priority = 70;
             rtPriority = pthread_setschedparam(pthread_self(), SCHED_FIFO, &param) == 0;
         }
-        auto cpuNow = [] {
-            timespec t;
-            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-            return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
-        };
         if (!plugin->start_processing(plugin)) {
             ok = false;
             return;
@@ -269,11 +262,9 @@ int main(int argc, char** argv) {
                 proc.in_events = &noEvents;
                 proc.out_events = &outEvents;
                 if (realtime) std::this_thread::sleep_until(start + std::chrono::duration<double>(done / rate));
-                const double c0 = cpuNow();
                 const auto t0 = std::chrono::steady_clock::now();
                 if (plugin->process(plugin, &proc) == CLAP_PROCESS_ERROR) ok = false;
                 timings.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-                cpuTimings.push_back(cpuNow() - c0);
                 if (r == repeat - 1)
                     for (uint32_t i = 0; i < n; ++i)
                         for (uint32_t c = 0; c < channels; ++c) output[(pos + i) * channels + c] = outBufs[c][i];
@@ -292,10 +283,7 @@ int main(int argc, char** argv) {
         std::printf("connected %g\n", connectedId < outState.last.size() ? outState.last[connectedId] : 0.0);
     }
     writeFile(out, output.data(), output.size() * sizeof(float));
-    if (!timingsPath.empty()) {
-        timings.insert(timings.end(), cpuTimings.begin(), cpuTimings.end());
-        writeFile(timingsPath, timings.data(), timings.size() * sizeof(double));
-    }
+    if (!timingsPath.empty()) writeFile(timingsPath, timings.data(), timings.size() * sizeof(double));
     std::printf("rt_priority %d\n", int(rtPriority));
     if (!saveState.empty()) {
         Buffer b;
