@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -250,6 +251,52 @@ def test_parameter_changes_go_out_between_blocks(server, port_env, debug_runtime
     assert got.shape[1] > cuts[1] + block
     np.testing.assert_array_equal(got, np.concatenate(want, 1)[:, :got.shape[1]])
     del plugin
+
+
+def test_a_new_delay_time_opens_a_new_session_and_the_reported_latency_follows(server, port_env, debug_runtime):
+    port_env(server.port)
+    plugin = load_vst3(2, **PARAMS)
+    warm_up(plugin, 48000, 2)
+    x = signal_for(48000, 2, 0.3)
+    plugin.process(x, 48000, buffer_size=512)
+    before = plugin.reported_latency_samples
+    plugin.delay_s = 0.125
+    warm_up(plugin, 48000, 2)
+    plugin.process(x, 48000, buffer_size=512)
+    longer = local_session(debug_runtime, 48000, 2, "glass_bells", **{**SESSION, "delay_seconds": 0.125})
+    assert plugin.reported_latency_samples == longer.latency_samples + block_frames(48000) + 512 > before
+    del plugin
+
+
+def test_a_change_the_server_refuses_is_logged_with_its_reason(server, port_env, capfd):
+    port_env(server.port)
+    plugin = load_vst3(2, **PARAMS)
+    warm_up(plugin, 48000, 2)
+    stream = Streaming(plugin, 48000)
+    stream(signal_for(48000, 2, 0.2))
+    plugin.mode = "jam"  # the debug model was not trained to jam
+    stream(signal_for(48000, 2, 0.2))
+    wait_for(lambda: "needs a jamming model" in capfd.readouterr().err, 5, "the server's refusal in the plugin's log")
+    del plugin
+
+
+def test_an_offline_render_waits_for_a_stalled_server_but_not_for_ever(debug_model_dir, port_env):
+    with serving(debug_model_dir) as stalled:
+        port_env(stalled.port)
+        plugin = load_vst3(2, **PARAMS)
+        warm_up(plugin, 48000, 2)
+        x = signal_for(48000, 2, 0.5)
+        stalled.process.send_signal(signal.SIGSTOP)
+        try:
+            start = time.perf_counter()
+            out = plugin.process(x, 48000, buffer_size=512)
+            took = time.perf_counter() - start
+        finally:
+            stalled.process.send_signal(signal.SIGCONT)
+        # 5 s for the first reply that does not come, then 50 ms for each next one (11 blocks in 0.5 s)
+        assert 5.0 <= took < 8.0, took
+        np.testing.assert_array_equal(out, x)  # dry where no reply came
+        del plugin
 
 
 def test_the_state_brings_back_parameters_and_the_server(server, port_env, debug_runtime):
