@@ -74,8 +74,10 @@ bool Link::waitForLatency(uint64_t key, double seconds) const {
     const auto until = Clock::now() + std::chrono::duration<double>(seconds);
     for (;;) {
         if (shared_.latencyKey.load() == key) return true;
-        if (shared_.unreachable.load() || shared_.failedKey.load() == key || Clock::now() >= until) return false;
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        // no session will measure it: done once the network thread has estimated it (from the delay)
+        const bool none = shared_.unreachable.load() || shared_.failedKey.load() == key;
+        if ((none && shared_.publishedKey.load() == key) || Clock::now() >= until) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
 }
 
@@ -183,8 +185,9 @@ void Link::follow(Clock::time_point now) {
 }
 
 void Link::publishLatency(uint64_t key, int32_t latency, bool measured) {
-    shared_.latencySamples.store(latency, std::memory_order_release);
-    shared_.latencyKey.store(measured ? key : 0);
+    shared_.latencySamples.store(latency, std::memory_order_relaxed);
+    shared_.latencyKey.store(measured ? key : 0, std::memory_order_release);
+    shared_.publishedKey.store(key, std::memory_order_release);
 }
 
 // ---- the connection ----------------------------------------------------------------------------------------------

@@ -112,6 +112,7 @@ struct Shared {
     std::atomic<uint32_t> linkEpoch{0};     // the epoch linkState is about
     std::atomic<int32_t> latencySamples{0}; // the session's latency_samples (an estimate before any session opened)
     std::atomic<uint64_t> latencyKey{0};    // configKey() the latency was measured for by a real session; 0: none
+    std::atomic<uint64_t> publishedKey{0};  // configKey() latencySamples is for, measured or estimated
     std::atomic<uint64_t> failedKey{0};     // configKey() of the last session the server refused to open
     std::atomic<bool> unreachable{false};   // the last connection attempt failed
     std::atomic<bool> connected{false};     // the connection to the server is up

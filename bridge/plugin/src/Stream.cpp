@@ -7,8 +7,7 @@
 namespace lmdm {
 namespace {
 
-constexpr double kFastPaceSeconds = 0.1;  // the pace is smoothed over about this much audio ...
-constexpr double kSlowPaceSeconds = 0.5;  // ... and over this much
+constexpr double kSlowPaceSeconds = 0.5;  // the pace's long average: over about this much audio
 constexpr double kWaitSeconds = 5.0;     // offline: the longest wait for one reply
 constexpr double kSlowWaitSeconds = 0.05;  // ... after one timed out, until a reply comes in time again
 constexpr double kSettleSeconds = 2.0;   // offline: the longest wait for a new session's latency
@@ -29,7 +28,13 @@ void Pace::enter(Clock::time_point now, uint32_t frames, double rate) {
     if (!started_) return;
     const double host = std::chrono::duration<double>(now - lastExit_).count();
     const double ratio = std::min(2.0, host / audio);  // a long pause (stopped transport) counts as live, no more
-    fast_ += std::min(1.0, audio / kFastPaceSeconds) * (ratio - fast_);
+    ratios_[next_] = ratio;
+    next_ = (next_ + 1) % kRecent;
+    const int n = count_ = std::min(count_ + 1, kRecent);
+    double sorted[kRecent];
+    std::copy(ratios_, ratios_ + n, sorted);
+    std::nth_element(sorted, sorted + n / 2, sorted + n);
+    recent_ = sorted[n / 2];
     slow_ += std::min(1.0, audio / kSlowPaceSeconds) * (ratio - slow_);
 }
 

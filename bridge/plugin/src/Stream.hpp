@@ -21,21 +21,25 @@ namespace lmdm {
 
 // Real time or not, from the host's pace: the time the host spends between our calls against the audio each call
 // carries. A live host calls once per buffer period (ratio about 1); an offline render calls back to back (about 0).
-// Early in a stream a short memory decides (a render needs its first reply within a fraction of a second); later a
-// long one must agree too, so that a live host catching up after a hiccup is not taken for a render.
+// Early in a stream the last few calls decide, by their median (a render needs its first reply within a fraction of
+// a second, and a busy machine that preempts a render now and then must not make it look live); later a long
+// average must agree too, so that a live host catching up after a hiccup is not taken for a render.
 class Pace {
 public:
     using Clock = std::chrono::steady_clock;
     void enter(Clock::time_point now, uint32_t frames, double rate);
     void exit(Clock::time_point now) { lastExit_ = now; started_ = true; }
     void restart() { streamSeconds_ = 0.0; }  // a new stream (activate)
-    bool offline() const { return fast_ < 0.5 && (streamSeconds_ < kYoungSeconds || slow_ < 0.5); }
+    bool offline() const { return recent_ < 0.5 && (streamSeconds_ < kYoungSeconds || slow_ < 0.5); }
 
 private:
     static constexpr double kYoungSeconds = 1.0;
+    static constexpr int kRecent = 8;
     Clock::time_point lastExit_{};
     bool started_ = false;
-    double fast_ = 1.0, slow_ = 1.0;  // smoothed host time / audio time over ~0.1 s and ~0.5 s; live until shown
+    double ratios_[kRecent] = {};  // the last calls' host time / audio time
+    int count_ = 0, next_ = 0;
+    double recent_ = 1.0, slow_ = 1.0;  // their median; an average over ~0.5 s of audio. Live until shown otherwise
     double streamSeconds_ = 0.0;
 };
 
