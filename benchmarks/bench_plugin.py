@@ -4,8 +4,9 @@ The CLAP build runs in the project's small CLAP host (bridge/plugin/tools/clap_h
 own audio thread once per host buffer, paced at the audio's speed like a live DAW, and times every call. The plugin
 streams through `lmdm serve` (the shipped model, or ``--model``) on loopback. Reported per run: the process calls'
 p50, p99 and max, in wall time (what a DAW's deadline sees; the host's audio thread asks for SCHED_FIFO priority, as
-a DAW's does, and the table says whether it got it), and the share of the plugin's blocks played wet (the rest
-came back too late and played dry).
+a DAW's does, and the table says whether it got it), the share of the plugin's blocks played wet (the rest came
+back too late and played dry), and how many replies the plugin waited for (from its log: it waits in an offline
+render only, so a live run must show 0).
 
     python benchmarks/bench_plugin.py [--seconds 30] [--buffer 512] [--rate 48000] [--channels 2] [--markdown]
 
@@ -73,6 +74,8 @@ def run(clap: Path, x: np.ndarray, rate: int, buffer: int, port: int, folder: Pa
     if done.returncode:
         raise SystemExit(f"clap_host failed: {done.stderr[-2000:]}")
     info = {k: float(v) for k, v in (line.split() for line in done.stdout.splitlines())}
+    # the plugin's own account (its log): replies it waited for, as it does in an offline render only
+    waits = sum(int(n) for n in re.findall(r"(\d+) offline waits for a reply", done.stderr))
     times = np.fromfile(folder / "times", np.float64) * 1000.0
     out = np.fromfile(folder / "out.f32", np.float32).reshape(-1, channels)
     latency = int(info["latency_end"])
@@ -85,7 +88,7 @@ def run(clap: Path, x: np.ndarray, rate: int, buffer: int, port: int, folder: Pa
     blocks = [differs[i: i + block].any() for i in range(0, len(differs) - block, block)]
     return {"calls": len(times), "p50": np.percentile(times, 50), "p99": np.percentile(times, 99),
             "max": times.max(), "wet": float(np.mean(blocks)) if blocks else 0.0, "latency": latency,
-            "rt": bool(info["rt_priority"])}
+            "rt": bool(info["rt_priority"]), "waits": waits}
 
 
 def main() -> None:
@@ -111,15 +114,16 @@ def main() -> None:
                                         ("server", 64, port)):
                 r = run(clap, x, args.rate, buffer, where, Path(tmp))
                 rows.append([name, str(buffer), "yes" if r["rt"] else "no", str(r["calls"]), f"{r['p50']:.4f}",
-                             f"{r['p99']:.4f}", f"{r['max']:.4f}", f"{100 * r['wet']:.1f}%", str(r["latency"])])
+                             f"{r['p99']:.4f}", f"{r['max']:.4f}", f"{100 * r['wet']:.1f}%", str(r["waits"]),
+                             str(r["latency"])])
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
     print(f"machine: {machine()}")
     print(f"plugin: {clap.name} in tools/clap_host, {args.rate} Hz, {args.channels} ch, {args.seconds:g} s per run "
           f"at real speed; lmdm serve {args.model or '(shipped model)'}, preset tape_echo")
-    print_table(["run", "buffer", "RT priority", "calls", "p50 ms", "p99 ms", "max ms", "blocks wet", "latency"], rows,
-                args.markdown)
+    print_table(["run", "buffer", "RT priority", "calls", "p50 ms", "p99 ms", "max ms", "blocks wet", "waits",
+                 "latency"], rows, args.markdown)
 
 
 if __name__ == "__main__":

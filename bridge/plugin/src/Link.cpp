@@ -105,6 +105,7 @@ Link::Session* Link::current() {
 void Link::run() {
     while (!stop_.load()) tick(Clock::now());
     if (conn_) {  // say goodbye: the session closes now rather than when the server sees the connection go
+        report(Clock::now(), true);
         closeCurrent();
         const auto until = Clock::now() + std::chrono::milliseconds(200);
         bool readable;
@@ -467,17 +468,20 @@ void Link::handleError(const osc::Decoded& m) {
 }
 
 // Now and then, while a session is open: what went wrong since the last line, if anything.
-void Link::report(Clock::time_point now) {
-    if (now < nextReport_) return;
+void Link::report(Clock::time_point now, bool last) {
+    if (now < nextReport_ && !last) return;
     nextReport_ = now + kReportEvery;
-    const uint64_t counts[4] = {lateReplies_, shared_.droppedBlocks.load(), shared_.waitTimeouts.load(), flagged_};
-    uint64_t d[4];
-    for (int i = 0; i < 4; ++i) d[i] = counts[i] - reported_[i];
-    std::copy(counts, counts + 4, reported_);
-    if (shared_.linkState.load() != kLinkOpen || (d[0] | d[1] | d[2] | d[3]) == 0) return;
+    const uint64_t counts[5] = {lateReplies_, shared_.droppedBlocks.load(), shared_.waits.load(),
+                                shared_.waitTimeouts.load(), flagged_};
+    uint64_t d[5];
+    for (int i = 0; i < 5; ++i) d[i] = counts[i] - reported_[i];
+    std::copy(counts, counts + 5, reported_);
+    const bool render = shared_.offline.load() && !last;  // a render waits for its replies: no news (till the end)
+    if (shared_.linkState.load() != kLinkOpen || ((d[0] | d[1] | d[3] | d[4]) == 0 && (render || d[2] == 0))) return;
     log("in the last seconds: " + std::to_string(d[0]) + " replies came after their time to play (played dry), " +
         std::to_string(d[1]) + " blocks dropped (the network thread fell behind), " + std::to_string(d[2]) +
-        " offline waits timed out, " + std::to_string(d[3]) + " replies flagged by the server");
+        " offline waits for a reply, " + std::to_string(d[3]) + " of them timed out, " + std::to_string(d[4]) +
+        " replies flagged by the server");
 }
 
 }  // namespace lmdm

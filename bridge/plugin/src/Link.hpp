@@ -69,7 +69,7 @@ private:
     bool sendParams(Session& s, const Snapshot& wanted);
     void skip(StreamBuffers* buf, uint32_t epoch, int64_t first, int64_t end);
     void publishLatency(uint64_t key, int32_t latency, bool measured);
-    void report(Clock::time_point now);
+    void report(Clock::time_point now, bool last = false);
     Session* find(std::string_view id);
     Session* current();
     std::shared_ptr<StreamBuffers> buffers();
@@ -96,7 +96,7 @@ private:
     std::deque<Session> sessions_;  // back(): the current one; before it, closing ones still answering
     uint64_t sessionCounter_ = 0;
     std::map<uint64_t, int32_t> knownLatency_;  // configKey -> latency_samples measured by a session
-    uint64_t reported_[4] = {};
+    uint64_t reported_[5] = {};
     uint64_t flagged_ = 0, lateReplies_ = 0;
     int64_t loggedLatency_ = -1;
     Clock::time_point nextReport_{};

@@ -106,6 +106,7 @@ struct Shared {
     std::atomic<uint64_t> playTag{blockTag(0, 0)};  // the lowest block the audio thread may still read
     std::atomic<uint64_t> droppedBlocks{0};  // send ring full
     std::atomic<uint64_t> dryBlocks{0};      // played dry: no reply in time
+    std::atomic<uint64_t> waits{0};          // offline: replies waited for
     std::atomic<uint64_t> waitTimeouts{0};   // offline: a reply did not come within the bound
     // network thread -> audio thread and main thread
     std::atomic<int> linkState{kLinkDown};

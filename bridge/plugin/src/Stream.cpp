@@ -8,7 +8,7 @@ namespace lmdm {
 namespace {
 
 constexpr double kSlowPaceSeconds = 0.5;  // the pace's long average: over about this much audio
-constexpr double kWaitSeconds = 5.0;     // offline: the longest wait for one reply
+constexpr double kWaitSeconds = 2.0;     // offline: the longest wait for one reply
 constexpr double kSlowWaitSeconds = 0.05;  // ... after one timed out, until a reply comes in time again
 constexpr double kSettleSeconds = 2.0;   // offline: the longest wait for a new session's latency
 constexpr auto kWaitStep = std::chrono::microseconds(100);
@@ -28,6 +28,7 @@ void Pace::enter(Clock::time_point now, uint32_t frames, double rate) {
     if (!started_) return;
     const double host = std::chrono::duration<double>(now - lastExit_).count();
     const double ratio = std::min(2.0, host / audio);  // a long pause (stopped transport) counts as live, no more
+    hostSeconds_ += ratio * audio;
     ratios_[next_] = ratio;
     next_ = (next_ + 1) % kRecent;
     const int n = count_ = std::min(count_ + 1, kRecent);
@@ -61,7 +62,7 @@ void Stream::prepare(std::shared_ptr<StreamBuffers> buffers, uint32_t hostBuffer
     curBlock_ = -1;
     curReply_ = nullptr;
     slow_ = false;
-    pace_.restart();
+    pace_.restart(hostBuffer_, rate_);
     shared_.playTag.store(blockTag(epoch_, 0), std::memory_order_release);
     adoptLatency();
 }
@@ -183,6 +184,7 @@ bool Stream::waitForReply(uint32_t slot, uint64_t want) {
     const auto limit = std::chrono::duration<double>(slow_ ? kSlowWaitSeconds : kWaitSeconds);
     const uint64_t key = configKey(uint32_t(rate_), shared_.params[kDelay].load(std::memory_order_relaxed));
     const auto start = Pace::Clock::now();
+    shared_.waits.fetch_add(1, std::memory_order_relaxed);
     for (;;) {
         const uint64_t tag = buf_->tag(slot).load(std::memory_order_acquire);
         if (tag == want) return true;

@@ -21,16 +21,24 @@ namespace lmdm {
 
 // Real time or not, from the host's pace: the time the host spends between our calls against the audio each call
 // carries. A live host calls once per buffer period (ratio about 1); an offline render calls back to back (about 0).
-// Early in a stream the last few calls decide, by their median (a render needs its first reply within a fraction of
-// a second, and a busy machine that preempts a render now and then must not make it look live); later a long
-// average must agree too, so that a live host catching up after a hiccup is not taken for a render.
+// The median of the last calls decides (a busy machine that preempts a render now and then does not make it look
+// live), and one more sign must agree, so that a live host catching up after a hiccup is not taken for a render:
+// early in a stream, that it is ahead of the clock by more than a live host can be (two of its buffers); later,
+// that its pace has been fast for about half a second of audio.
 class Pace {
 public:
     using Clock = std::chrono::steady_clock;
     void enter(Clock::time_point now, uint32_t frames, double rate);
     void exit(Clock::time_point now) { lastExit_ = now; started_ = true; }
-    void restart() { streamSeconds_ = 0.0; }  // a new stream (activate)
-    bool offline() const { return recent_ < 0.5 && (streamSeconds_ < kYoungSeconds || slow_ < 0.5); }
+    // a new stream (activate), from a host whose buffers are up to `hostBuffer` frames
+    void restart(uint32_t hostBuffer, double rate) {
+        streamSeconds_ = hostSeconds_ = 0.0;
+        aheadLimit_ = 2.0 * hostBuffer / rate;
+    }
+    bool offline() const {
+        const bool ahead = streamSeconds_ - hostSeconds_ > aheadLimit_;
+        return recent_ < 0.5 && (streamSeconds_ < kYoungSeconds ? ahead : slow_ < 0.5);
+    }
 
 private:
     static constexpr double kYoungSeconds = 1.0;
@@ -40,7 +48,7 @@ private:
     double ratios_[kRecent] = {};  // the last calls' host time / audio time
     int count_ = 0, next_ = 0;
     double recent_ = 1.0, slow_ = 1.0;  // their median; an average over ~0.5 s of audio. Live until shown otherwise
-    double streamSeconds_ = 0.0;
+    double streamSeconds_ = 0.0, hostSeconds_ = 0.0, aheadLimit_ = 0.0;  // since the stream started
 };
 
 class Stream {
