@@ -58,6 +58,15 @@ def block_frames(rate: int) -> int:
     return 2048 if rate <= 50000 else 4096 if rate <= 100000 else 8192
 
 
+REPLY_MARGIN_BLOCKS = 2  # src/Shared.hpp, kReplyMarginBlocks
+
+
+def plugin_latency(rate: int, host_buffer: int) -> int:
+    """What the plugin reports (src/Stream.cpp, latencyFor): its own buffering, the block it collects, the reply
+    margin and one host buffer; never the session's latency_samples."""
+    return (1 + REPLY_MARGIN_BLOCKS) * block_frames(rate) + host_buffer
+
+
 def f32(value: float) -> float:
     """A parameter as the plugin holds and sends it (float32)."""
     return float(np.float32(value))
@@ -126,24 +135,36 @@ def wait_for(condition, seconds: float, what: str) -> None:
 
 
 # ---- the reference --------------------------------------------------------------------------------------------
+def as_sent(params: dict) -> dict:
+    """Parameters as the plugin sends them: floats rounded to float32."""
+    return {k: f32(v) if isinstance(v, float) else v for k, v in params.items()}
+
+
 def local_session(runtime, rate: int, channels: int, preset: str, **params):
-    """The Session the plugin's output must equal: float parameters rounded to float32, as the plugin sends them."""
-    from lmdm_engine.session import Session
-    return Session(runtime, rate, channels, preset,
-                   **{k: f32(v) if isinstance(v, float) else v for k, v in params.items()})
+    """The Session the plugin's output must equal: the preset with the plugin's parameters over it."""
+    from lmdm_engine.io.presets import resolve_preset
+    from lmdm_engine.stream.session import Session
+    return Session(runtime, rate, channels, resolve_preset(preset, as_sent(params)).params)
 
 
 def signal_for(rate: int, channels: int, seconds: float, seed: int = 0) -> np.ndarray:
     """Notes and a little noise: [channels, frames] float32."""
-    from conftest import tone
+    from lmdm_engine.core.audio import tone
     return tone(seconds, rate, channels, seed)
 
 
-# ---- the OSC codec's vectors, written by the bridge's Python codec -----------------------------------------------
-# The one place the plugin tests reach into the bridge's internals (the codec and the framing): re-point these
-# imports if those modules move.
+# ---- the OSC codec's vectors, written by the bridge's Python codec and protocol ----------------------------------
+# The one place the plugin tests reach into the bridge's internals (the codec, the framing, the protocol's request
+# parser and open reply): re-point these imports if those modules move.
 def python_osc():
     """(Message, encode_message, decode_packet, OscDecodeError, LengthPrefixFraming, FramingError)."""
-    from lmdm_bridge.framing import FramingError, LengthPrefixFraming
-    from lmdm_bridge.osc import Message, OscDecodeError, decode_packet, encode_message
+    from lmdm_bridge.wire.framing import FramingError, LengthPrefixFraming
+    from lmdm_bridge.wire.osc import Message, OscDecodeError, decode_packet, encode_message
     return Message, encode_message, decode_packet, OscDecodeError, LengthPrefixFraming, FramingError
+
+
+def python_protocol():
+    """(parse_request, open_reply): how the bridge reads a request and writes the open reply."""
+    from lmdm_bridge.protocol.replies import open_reply
+    from lmdm_bridge.protocol.requests import parse_request
+    return parse_request, open_reply

@@ -2,9 +2,11 @@
 VST3, a small CLAP host built from DPF's headers runs the CLAP, Debian's lv2file runs the LV2.
 
 The reference is a local Session with the same model, preset and parameters: the plugin's output is that Session's
-output delayed by exactly the latency it reports (Pedalboard takes the latency off itself; the other hosts do not).
-VST3 delivers parameter values to a plugin with its first process call, after the host has read the latency, so
-the Pedalboard tests process one short buffer first (a DAW does the same when it plays)."""
+output delayed by exactly the latency it reports, which is the plugin's own buffering (its block, the reply margin
+and one host buffer) and not the session's latency_samples: the Session's output already holds the echo that long
+after the dry signal. Pedalboard takes the reported latency off itself; with the other hosts the tests do. VST3
+delivers parameter values to a plugin with its first process call, so the Pedalboard tests process one short buffer
+first (a DAW does the same when it plays)."""
 
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ import time
 import numpy as np
 import pytest
 
-from plugin_support import (BIN, DELAY, TOOLS, URI, block_frames, build_plugin, f32, free_port, local_session,
-                            plugin_path, serving, signal_for, wait_for)
+from lmdm_engine.io.presets import DEFAULT_PRESET, SCHEMA, list_presets, load_preset
+from plugin_support import (BIN, DELAY, TOOLS, URI, as_sent, block_frames, build_plugin, free_port, local_session,
+                            plugin_latency, plugin_path, serving, signal_for, wait_for)
 
 pedalboard = pytest.importorskip("pedalboard")
 
@@ -58,7 +61,7 @@ def load_vst3(channels: int, **params):
 
 
 def warm_up(plugin, rate: int, channels: int) -> None:
-    """One short call: the host hands the plugin its parameters (and the plugin asks the server for the latency)."""
+    """One short call: the host hands the plugin its parameters (the network thread then opens a session)."""
     plugin.process(np.zeros((channels, 16), np.float32), rate)
 
 
@@ -87,7 +90,6 @@ def test_the_preset_table_is_the_shipped_presets():
     """The plugin's preset list and values (generated at build time from presets/*.toml with the standard library
     alone) are the engine's own."""
     import importlib.util
-    from lmdm_engine.presets import DEFAULT_PRESET, SCHEMA, list_presets, load_preset
 
     spec = importlib.util.spec_from_file_location("gen_presets", BIN.parents[1] / "tools" / "gen_presets.py")
     gen = importlib.util.module_from_spec(spec)
@@ -105,7 +107,8 @@ def test_the_preset_table_is_the_shipped_presets():
 @pytest.mark.parametrize("channels", [1, 2])
 def test_the_vst3_in_pedalboard_equals_a_local_session(server, port_env, debug_runtime, rate, channels):
     """At host buffers of 64, 512, 1,000 and 4,096 frames: the same output, sample for sample, and the reported
-    latency is the session's latency_samples + the plugin's block + one host buffer."""
+    latency is the plugin's own buffering (the echo stays where the session puts it, latency_samples after the dry
+    signal)."""
     port_env(server.port)
     plugin = load_vst3(channels, **PARAMS)
     x = signal_for(rate, channels, 0.6, seed=rate + channels)
@@ -115,7 +118,7 @@ def test_the_vst3_in_pedalboard_equals_a_local_session(server, port_env, debug_r
     for buffer in (64, 512, 1000, 4096):
         out = plugin.process(x, rate, buffer_size=buffer)
         np.testing.assert_array_equal(out, want, err_msg=f"{rate} Hz, {channels} ch, buffer {buffer}")
-        assert plugin.reported_latency_samples == reference.latency_samples + block_frames(rate) + buffer
+        assert plugin.reported_latency_samples == plugin_latency(rate, buffer)
     assert not np.allclose(want, x, atol=1e-3)  # the session really changes the sound
     del plugin
 
@@ -129,8 +132,8 @@ def test_without_a_server_the_output_is_the_input_delayed_by_the_reported_latenc
     out = plugin.process(x, 48000, buffer_size=512)
     assert time.perf_counter() - start < 1.0  # 3 s of audio: nothing waits for the absent server
     np.testing.assert_array_equal(out, x)  # Pedalboard took the latency off: the rest is the input itself
-    # the latency: the delay alone (no session has said more), + the plugin's block + one host buffer
-    assert plugin.reported_latency_samples == round(f32(DELAY) * 48000) + block_frames(48000) + 512
+    # the latency: the plugin's own buffering, as with a server (nothing jumps when it comes back)
+    assert plugin.reported_latency_samples == plugin_latency(48000, 512)
     assert not plugin.connected
 
 
@@ -157,7 +160,7 @@ def test_clap_without_a_server_delays_the_input_by_exactly_its_latency(tmp_path)
                 "--out", str(tmp_path / "out"), "--buffers", "100,1,4000", "--param", f"Delay={DELAY}",
                 env={"LMDM_BRIDGE_PORT": str(free_port())})
     latency = int(info["latency"])
-    assert latency == info["latency_end"] == round(f32(DELAY) * 44100) + block_frames(44100) + 4000  # largest buffer
+    assert latency == info["latency_end"] == plugin_latency(44100, 4000)  # the largest buffer
     out = read_raw(tmp_path / "out", 1)
     np.testing.assert_array_equal(out[:, :latency], 0.0)
     np.testing.assert_array_equal(out[:, latency:], x[:, :-latency])
@@ -235,10 +238,8 @@ def test_parameter_changes_go_out_between_blocks(server, port_env, debug_runtime
     reference.set_params(mix=0.25, steps=2)
     want.append(reference.process(x[:, cuts[0]:cuts[1]]))
     # a new preset: the server loads it, then the plugin sends its own parameters again (they stay as they are)
-    reference.set_params(preset="pluck_slapback")
-    plugin_values = {**SESSION, "mix": 0.25, "steps": 2}
-    reference.set_params(**{k: f32(v) if isinstance(v, float) else v for k, v in plugin_values.items()},
-                         mode="delay")
+    reference.set_params(load_preset("pluck_slapback").params)
+    reference.set_params(**as_sent({**SESSION, "mix": 0.25, "steps": 2}), mode="delay")
     want.append(reference.process(x[:, cuts[1]:]))
 
     stream = Streaming(plugin, 48000)
@@ -253,18 +254,22 @@ def test_parameter_changes_go_out_between_blocks(server, port_env, debug_runtime
     del plugin
 
 
-def test_a_new_delay_time_opens_a_new_session_and_the_reported_latency_follows(server, port_env, debug_runtime):
+def test_a_new_delay_time_opens_a_new_session_and_the_reported_latency_stays(server, port_env, debug_runtime):
+    """The delay moves the echo inside the session's output, not the plugin's latency."""
     port_env(server.port)
     plugin = load_vst3(2, **PARAMS)
     warm_up(plugin, 48000, 2)
     x = signal_for(48000, 2, 0.3)
     plugin.process(x, 48000, buffer_size=512)
-    before = plugin.reported_latency_samples
+    assert plugin.reported_latency_samples == plugin_latency(48000, 512)
     plugin.delay_s = 0.125
     warm_up(plugin, 48000, 2)
-    plugin.process(x, 48000, buffer_size=512)
+    out = plugin.process(x, 48000, buffer_size=512)
     longer = local_session(debug_runtime, 48000, 2, "glass_bells", **{**SESSION, "delay_seconds": 0.125})
-    assert plugin.reported_latency_samples == longer.latency_samples + block_frames(48000) + 512 > before
+    shorter = local_session(debug_runtime, 48000, 2, "glass_bells", **SESSION)
+    assert longer.latency_samples > shorter.latency_samples
+    np.testing.assert_array_equal(out, longer.process(x))
+    assert plugin.reported_latency_samples == plugin_latency(48000, 512)
     del plugin
 
 
@@ -326,8 +331,7 @@ def test_clap_in_a_clap_host_at_buffer_sizes_that_change_every_call(server, debu
     info = clap(*args, "--out", str(tmp_path / "out"), "--buffers", "1,7,64,1000,8192,333,4096,2",
                 "--save-state", str(tmp_path / "state"), env=env)
     latency = int(info["latency"])
-    assert latency == info["latency_end"] == local_session(debug_runtime, 48000, 2, "glass_bells", **SESSION)\
-        .latency_samples + block_frames(48000) + 8192
+    assert latency == info["latency_end"] == plugin_latency(48000, 8192)  # the largest buffer
     assert info["connected"] == 1
     out = read_raw(tmp_path / "out", 2)
     np.testing.assert_array_equal(out[:, latency:], want[:, :-latency])
@@ -340,7 +344,8 @@ def test_clap_in_a_clap_host_at_buffer_sizes_that_change_every_call(server, debu
 
 
 def test_clap_at_real_time_pace_is_wet_without_waiting(server, debug_runtime, tmp_path):
-    """A live host (calls paced at the audio's speed): the replies come within the latency, so no block is dry."""
+    """A live host (calls paced at the audio's speed): the replies come within the reply margin (and one to two
+    host buffers) the plugin's latency leaves them, so no block is dry."""
     x = signal_for(48000, 1, 1.5, seed=4)
     want = local_session(debug_runtime, 48000, 1, "glass_bells", **SESSION).process(x)
     info = clap(str(plugin_path("clap", 1)), "--rate", "48000", "--channels", "1", "--in", raw(x, tmp_path / "in"),
@@ -348,6 +353,7 @@ def test_clap_at_real_time_pace_is_wet_without_waiting(server, debug_runtime, tm
                 "--param", "Seed=3", "--param", "Mix=0.5", "--param", "Strength=0.75", "--param", "Steps=3",
                 "--param", "Preset=3", env={"LMDM_BRIDGE_PORT": str(server.port)})
     latency = int(info["latency"])
+    assert latency == plugin_latency(48000, 512)
     np.testing.assert_array_equal(read_raw(tmp_path / "out", 1)[:, latency:], want[:, :-latency])
 
 
@@ -369,7 +375,6 @@ def test_lv2_in_lv2file_after_make_install(server, debug_runtime, tmp_path):
     env = {**os.environ, "LV2_PATH": str(folders["LV2_DIR"]), "LMDM_BRIDGE_PORT": str(server.port),
            "LD_PRELOAD": str(TOOLS / "lv2file_fix.so")}
     listed = subprocess.run(["lv2file", "-L", URI[2]], capture_output=True, text=True, env=env)
-    from lmdm_engine.presets import list_presets
     assert sorted(line.split(": ", 1)[1] for line in listed.stdout.splitlines() if line.startswith("Preset: ")) \
         == sorted(p.name for p in list_presets()), listed.stdout + listed.stderr
     x = signal_for(44100, 2, 1.0, seed=2)
@@ -382,6 +387,6 @@ def test_lv2_in_lv2file_after_make_install(server, debug_runtime, tmp_path):
     out = sf.read(tmp_path / "out.wav", dtype="float32")[0].T
     reference = local_session(debug_runtime, 44100, 2, "glass_bells", **SESSION)
     want = reference.process(x)
-    latency = reference.latency_samples + block_frames(44100) + 512  # lv2file's blocks: 512 frames
+    latency = plugin_latency(44100, 512)  # lv2file's blocks: 512 frames
     np.testing.assert_array_equal(out[:, :latency], 0.0)
     np.testing.assert_array_equal(out[:, latency:], want[:, :-latency])

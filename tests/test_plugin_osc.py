@@ -10,9 +10,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from plugin_support import TOOLS, build_plugin, python_osc
+from plugin_support import TOOLS, build_plugin, python_osc, python_protocol
 
 Message, encode_message, decode_packet, OscDecodeError, LengthPrefixFraming, FramingError = python_osc()
+parse_request, open_reply = python_protocol()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def python_values(packet: bytes) -> str:
 
 samples = np.linspace(-1, 1, 2 * 37, dtype=np.float32).tobytes()
 # what the plugin sends (src/Link.cpp): open with its options, audio blocks, parameter and preset changes, close
-SENT = [
+SENT = [  # the open's 2048: buffer_frames, the plugin's block (test_the_bridge_reads_the_plugins_open)
     ("/lmdm/open", ("lmdm-4242-1-1", 48000, 2, 2048, "glass_bells", "deadline_ms", np.float32(0.0),
                     "mix", np.float32(0.35), "strength", np.float32(0.2), "feedback", np.float32(0.45), "steps", 2,
                     "seed", 65535, "delay_seconds", np.float32(0.1), "mode", "delay", "token", "s3cr3t")),
@@ -97,12 +98,23 @@ def test_a_length_prefixed_frame_is_the_packet_behind_its_size(codec):
     assert codec("F " + framed.hex()) == ["P " + packet.hex(), "END"]
 
 
+def test_the_bridge_reads_the_plugins_open():
+    """The open the plugin sends is one the bridge's protocol takes, with the plugin's block as buffer_frames."""
+    address, args = SENT[0]
+    request = parse_request(Message(address, tuple(float(a) if isinstance(a, np.float32) else a for a in args)))
+    assert (request.sample_rate, request.channels, request.buffer_frames, request.preset) == \
+        (48000, 2, 2048, "glass_bells")
+    assert request.params.fields["steps"] == 2 and request.deadline_ms == 0.0 and request.token == "s3cr3t"
+
+
 # what the plugin reads: every reply the bridge sends, as Python encodes it (floats as float32, and as float64 from
-# a client that sends doubles)
+# a client that sends doubles); the open reply as the bridge writes it, buffer_frames and its old name included
+OPEN_INFO = {"sample_rate": 48000, "channels": 2, "buffer_frames": 2048, "block_frames": 2048,
+             "model_sample_rate": 8000, "model_hop": 64, "runtime": "torch", "model": "debug",
+             "max_packet_bytes": 1 << 20, "preset": "glass_bells", "delay_seconds": 0.10000000149011612,
+             "model_block_frames": 13, "deadline_ms": 0.0}
 REPLIES = [
-    Message("/lmdm/open/reply", ("lmdm-1-1-1", 5456, "sample_rate", 48000, "channels", 2, "block_frames", 2048,
-                                 "model_sample_rate", 8000, "delay_seconds", 0.10000000149011612, "preset",
-                                 "glass_bells", "runtime", "torch", "max_packet_bytes", 1 << 20, "deadline_ms", 0.0)),
+    open_reply("lmdm-1-1-1", 5456, OPEN_INFO),
     Message("/lmdm/audio/reply", ("lmdm-1-1-1", 3, 0, 37, 9, samples)),
     Message("/lmdm/error", (7, "bad_parameter", "lmdm-1-1-1", -1,
                             "session parameters: field 'strength' = 2.0 is out of range [0.0, 1.0]")),

@@ -2,7 +2,6 @@
 
 #include <unistd.h>
 
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -31,6 +30,13 @@ std::string str(std::string_view v) { return std::string(v); }
 bool isString(const osc::Decoded& m, size_t i) { return m.args.size() > i && m.args[i].isString(); }
 bool isInt(const osc::Decoded& m, size_t i) { return m.args.size() > i && m.args[i].isInt(); }
 
+// The integer under `key` in a reply's (key, value) pairs from argument `first` on, or -1.
+int64_t intFor(const osc::Decoded& m, size_t first, std::string_view key) {
+    for (size_t i = first; i + 1 < m.args.size(); i += 2)
+        if (m.args[i].isString() && m.args[i].bytes == key) return m.args[i + 1].isInt() ? m.args[i + 1].integer : -1;
+    return -1;
+}
+
 void addParams(osc::Message& m, const Snapshot& p) {
     m.s("mix").f(p[kMix]).s("strength").f(p[kStrength]).s("feedback").f(p[kFeedback]);
     m.s("steps").i(int32_t(p[kSteps])).s("seed").i(int32_t(p[kSeed])).s("delay_seconds").f(p[kDelay]);
@@ -56,7 +62,6 @@ void Link::setServer(const std::string& host, int port) {
         host_ = host;
         port_ = port;
     }
-    shared_.unreachable.store(false);  // not known for the new address until the network thread has tried it
     shared_.serverGeneration.fetch_add(1);
 }
 
@@ -68,17 +73,6 @@ std::string Link::host() const {
 int Link::port() const {
     std::lock_guard<std::mutex> lock(serverMutex_);
     return port_;
-}
-
-bool Link::waitForLatency(uint64_t key, double seconds) const {
-    const auto until = Clock::now() + std::chrono::duration<double>(seconds);
-    for (;;) {
-        if (shared_.latencyKey.load() == key) return true;
-        // no session will measure it: done once the network thread has estimated it (from the delay)
-        const bool none = shared_.unreachable.load() || shared_.failedKey.load() == key;
-        if ((none && shared_.publishedKey.load() == key) || Clock::now() >= until) return false;
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
 }
 
 void Link::log(const std::string& line) const {
@@ -154,8 +148,9 @@ void Link::tick(Clock::time_point now) {
 void Link::follow(Clock::time_point now) {
     const uint32_t generation = shared_.serverGeneration.load();
     if (generation != serverGeneration_) {
-        serverGeneration_ = generation;
+        // the old address's connection goes (marked away for the old generation, which no longer counts)
         if (conn_) disconnect("the server address changed to " + host() + ":" + std::to_string(port()));
+        serverGeneration_ = generation;
         lastConnectError_.clear();
         nextConnect_ = now;
     }
@@ -175,20 +170,6 @@ void Link::follow(Clock::time_point now) {
             closeCurrent();
         }
     }
-    if (shared_.latencyKey.load() != wanted) {
-        const auto known = knownLatency_.find(wanted);
-        if (known != knownLatency_.end()) {
-            publishLatency(wanted, known->second, true);
-        } else if ((!conn_ || shared_.failedKey.load() == wanted) && rate > 0) {  // until a session answers: the delay
-            publishLatency(wanted, int32_t(std::lround(shared_.params[kDelay].load() * double(rate))), false);
-        }
-    }
-}
-
-void Link::publishLatency(uint64_t key, int32_t latency, bool measured) {
-    shared_.latencySamples.store(latency, std::memory_order_relaxed);
-    shared_.latencyKey.store(measured ? key : 0, std::memory_order_release);
-    shared_.publishedKey.store(key, std::memory_order_release);
 }
 
 // ---- the connection ----------------------------------------------------------------------------------------------
@@ -198,8 +179,7 @@ void Link::connect(Clock::time_point now) {
     std::string error;
     conn_ = Connection::open(host(), port(), kConnectTimeout, error);
     if (conn_) {
-        shared_.connected.store(true);
-        shared_.unreachable.store(false);
+        shared_.awayGeneration.store(kNotAway);
         loggedLatency_ = -1;
         lastConnectError_.clear();
         retryOpen_ = now;
@@ -211,12 +191,12 @@ void Link::connect(Clock::time_point now) {
             "trying again every second");
         lastConnectError_ = error;
     }
-    shared_.unreachable.store(true);
+    shared_.awayGeneration.store(serverGeneration_);  // for the address tried: a newer one is still to be tried
 }
 
 void Link::disconnect(const std::string& why) {
     conn_.reset();
-    shared_.connected.store(false);
+    shared_.awayGeneration.store(serverGeneration_);
     std::shared_ptr<StreamBuffers> buf = buffers();
     for (const Session& s : sessions_) {  // what was in flight will not be answered
         if (s.firstBlock >= 0) skip(buf.get(), s.epoch, s.firstBlock + s.answered, s.firstBlock + s.sent);
@@ -255,7 +235,7 @@ void Link::open(const Snapshot& params, Clock::time_point now) {
     s.key = configKey(s.rate, params[kDelay]);
     s.params = params;
     s.openedAt = now;
-    osc::Message m("/lmdm/open");
+    osc::Message m("/lmdm/open");  // buffer_frames: the plugin's block, every /lmdm/audio is one
     m.s(s.id).i(int32_t(s.rate)).i(int32_t(channels_)).i(int32_t(blockFramesFor(s.rate)));
     m.s(kPresets[params.preset()].name).s("deadline_ms").f(0.0f);  // lateness is judged here, block by block
     addParams(m, params);
@@ -326,6 +306,8 @@ void Link::pump(StreamBuffers& buf) {
             buf.ring.consume();                         // a stream that has ended
             continue;
         }
+        // a block the audio thread pushed after a new server address was set: the next tick tries that address
+        if (!conn_ && shared_.serverGeneration.load() != serverGeneration_) return;
         Session* s = current();
         if (!conn_ || (s == nullptr && Clock::now() < retryOpen_)) {
             skip(&buf, epoch, h.index, h.index + 1);  // no session for it (nor one soon): it plays dry
@@ -373,9 +355,12 @@ void Link::handleOpen(const osc::Decoded& m) {
         return;
     }
     const int64_t latency = m.args[1].integer;
-    if (latency < 0 || latency > int64_t(kMaxLatencySeconds * s->rate)) {
-        log("session " + s->id + ": latency_samples = " + std::to_string(latency) + " is beyond the plugin's " +
-            std::to_string(int(kMaxLatencySeconds)) + " s; playing dry");
+    const int64_t bufferFrames = intFor(m, 2, "buffer_frames"), block = blockFramesFor(s->rate);
+    if (bufferFrames != block) {  // the server echoes the open's buffer_frames (bridge/PROTOCOL.md)
+        log("session " + s->id + ": the server answered buffer_frames " +
+            (bufferFrames < 0 ? std::string("(none: an lmdm serve older than the plugin?)")
+                              : std::to_string(bufferFrames)) +
+            " to an open with " + std::to_string(block) + "; playing dry");
         shared_.failedKey.store(s->key);
         s->open = true;
         closeCurrent();
@@ -384,8 +369,6 @@ void Link::handleOpen(const osc::Decoded& m) {
         return;
     }
     s->open = true;
-    knownLatency_[s->key] = int32_t(latency);
-    publishLatency(s->key, int32_t(latency), true);
     if (s == current()) {
         shared_.linkEpoch.store(s->epoch);
         shared_.linkState.store(kLinkOpen);
@@ -394,9 +377,9 @@ void Link::handleOpen(const osc::Decoded& m) {
     if (latency == loggedLatency_) return;  // a session like the last one (a host resets often): said once
     loggedLatency_ = latency;
     log("session " + s->id + " open: " + std::to_string(s->rate) + " Hz, " + std::to_string(channels_) +
-        " channel(s), blocks of " + std::to_string(blockFramesFor(s->rate)) + " frames, preset " +
-        kPresets[s->params.preset()].name + ", latency_samples " + std::to_string(latency) + " (the plugin reports " +
-        "this + its block + one host buffer)");
+        " channel(s), blocks of " + std::to_string(block) + " frames, preset " + kPresets[s->params.preset()].name +
+        ", latency_samples " + std::to_string(latency) + " (where the echo falls in the session's output; the " +
+        "plugin reports only its own buffering: its block, the reply margin and one host buffer)");
 }
 
 void Link::handleAudio(const osc::Decoded& m) {

@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -34,10 +33,6 @@ public:
     void setServer(const std::string& host, int port);  // any thread but the audio thread
     std::string host() const;
     int port() const;
-
-    // Main thread: wait up to `seconds` until a session for `key` (configKey) has answered with its latency, or
-    // the server has been found absent. True when the latency in Shared is a measured one for `key`.
-    bool waitForLatency(uint64_t key, double seconds) const;
 
 private:
     struct Session {
@@ -68,7 +63,6 @@ private:
     void pump(StreamBuffers& buf);
     bool sendParams(Session& s, const Snapshot& wanted);
     void skip(StreamBuffers* buf, uint32_t epoch, int64_t first, int64_t end);
-    void publishLatency(uint64_t key, int32_t latency, bool measured);
     void report(Clock::time_point now, bool last = false);
     Session* find(std::string_view id);
     Session* current();
@@ -95,7 +89,6 @@ private:
     uint32_t epoch_ = 0;  // the stream (Shared::epoch) as follow() last saw it
     std::deque<Session> sessions_;  // back(): the current one; before it, closing ones still answering
     uint64_t sessionCounter_ = 0;
-    std::map<uint64_t, int32_t> knownLatency_;  // configKey -> latency_samples measured by a session
     uint64_t reported_[5] = {};
     uint64_t flagged_ = 0, lateReplies_ = 0;
     int64_t loggedLatency_ = -1;

@@ -20,7 +20,6 @@ using namespace lmdm;
 namespace {
 
 constexpr uint32_t kChannels = DISTRHO_PLUGIN_NUM_INPUTS;
-constexpr double kLatencyWaitSeconds = 2.0;  // how long set-up waits for the server to report a latency
 constexpr const char* kStateHost = "server_host";
 constexpr const char* kStatePort = "server_port";
 constexpr const char* kDefaultHost = "127.0.0.1";
@@ -74,7 +73,7 @@ public:
         shared_.sampleRate.store(uint32_t(getSampleRate()));
         if (!isDummyInstance()) {
             link_ = std::make_unique<Link>(shared_, kChannels, envHost(), envPort());
-            refreshLatency(true);
+            reportLatency();
         }
     }
 
@@ -179,7 +178,6 @@ protected:
         if (link_ == nullptr) return;
         const uint32_t rate = uint32_t(getSampleRate());
         shared_.sampleRate.store(rate);
-        refreshLatency(true);
         const std::shared_ptr<StreamBuffers> buffers = buffersFor(rate);
         const uint32_t epoch = shared_.epoch.load() + 1;
         stream_.prepare(buffers, getBufferSize(), epoch);
@@ -201,21 +199,21 @@ protected:
 
     void sampleRateChanged(double rate) override {
         shared_.sampleRate.store(uint32_t(rate));
-        if (link_ != nullptr) refreshLatency(true);
+        if (link_ != nullptr) reportLatency();
     }
 
     void bufferSizeChanged(uint32_t) override {
-        if (link_ != nullptr) refreshLatency(false);
+        if (link_ != nullptr) reportLatency();
     }
 
 private:
     // The send ring and reply slots for a rate: the ones in use, or new ones (the network thread keeps the old ones
-    // for as long as it holds them). Enough blocks for the longest latency, a host buffer and a processed piece.
+    // for as long as it holds them). Enough blocks for the latency, a processed piece and the network's slack.
     std::shared_ptr<StreamBuffers> buffersFor(uint32_t rate) {
         std::lock_guard<std::mutex> lock(shared_.buffersMutex);
         if (!shared_.buffers || shared_.buffers->rate != rate) {
             const uint32_t block = blockFramesFor(rate);
-            const uint64_t frames = uint64_t(kMaxLatencySeconds * rate) + block + kMaxHostBuffer + kChunkFrames;
+            const uint64_t frames = Stream::latencyFor(block, kMaxHostBuffer) + kChunkFrames;
             uint32_t slots = 8;
             while (slots < frames / block + 8) slots <<= 1;
             shared_.buffers = std::make_shared<StreamBuffers>(rate, kChannels, block, slots);
@@ -223,13 +221,9 @@ private:
         return shared_.buffers;
     }
 
-    // Set-up (not the audio thread): the latency for the current rate, delay and host buffer, asking the network
-    // thread (which asks the server) first when `wait`, for up to kLatencyWaitSeconds.
-    void refreshLatency(bool wait) {
-        const uint32_t rate = shared_.sampleRate.load();
-        if (wait) link_->waitForLatency(configKey(rate, shared_.params[kDelay].load()), kLatencyWaitSeconds);
-        setLatency(Stream::latencyFor(shared_.latencySamples.load(), blockFramesFor(rate), getBufferSize()));
-    }
+    // Set-up (not the audio thread): the latency for the current rate and host buffer. It needs no server (the
+    // plugin reports its own buffering only), so a plugin scan or a new project never waits for one.
+    void reportLatency() { setLatency(Stream::latencyFor(blockFramesFor(shared_.sampleRate.load()), getBufferSize())); }
 
     uint32_t getLatencyInUse() const { return latencyInUse_; }
     void setLatency(uint32_t frames) {

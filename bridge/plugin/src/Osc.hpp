@@ -1,6 +1,6 @@
 // A small, strict OSC 1.0 codec and the OSC 1.0 stream framing (int32 big-endian size, then the packet), the same
-// bytes as the bridge's Python codec (bridge/osc.py, bridge/framing.py); tests/test_plugin_osc.py checks both ways,
-// byte for byte, against vectors the Python side writes. Used by the network thread only (it allocates).
+// bytes as the bridge's Python codec (bridge/wire/osc.py, bridge/wire/framing.py); tests/test_plugin_osc.py checks
+// both ways, byte for byte, against vectors the Python side writes. Used by the network thread only (it allocates).
 #pragma once
 
 #include <cstddef>
@@ -48,7 +48,7 @@ struct Decoded {
 };
 
 // Decodes exactly one message from `data` (bundles are refused: the bridge never sends them). Returns false with
-// `error` saying what is wrong and at which byte, like bridge/osc.py's OscDecodeError.
+// `error` saying what is wrong and at which byte, like bridge/wire/osc.py's OscDecodeError.
 bool decode(const uint8_t* data, size_t size, Decoded& out, std::string& error);
 
 // OSC 1.0 stream framing, fed bytes as they arrive in pieces of any size.

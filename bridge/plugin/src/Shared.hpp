@@ -16,10 +16,12 @@ namespace lmdm {
 
 // Frames per block sent to the bridge at a host rate: about 43 ms (2,048 frames at 44.1 and 48 kHz).
 inline uint32_t blockFramesFor(double rate) { return rate <= 50000 ? 2048 : (rate <= 100000 ? 4096 : 8192); }
+// How long, in blocks, a live host gives the server to answer beyond the host buffer: about 85 ms, for the block
+// that runs the model (20 to 80 ms for the shipped presets on two busy cores) and those queued behind it.
+constexpr uint32_t kReplyMarginBlocks = 2;
 
 constexpr uint32_t kMaxHostBuffer = 16384;  // the most a host buffer adds to the latency (larger calls are split)
 constexpr uint32_t kChunkFrames = 8192;     // host calls are processed in pieces of at most this many frames
-constexpr double kMaxLatencySeconds = 3.0;  // a session's latency_samples above this is refused (presets: < 2 s)
 
 // Reply slot tags: the epoch (one per activate) and the block index; kSkipped marks a block that will get no reply.
 constexpr uint64_t kNoTag = ~uint64_t(0);
@@ -91,6 +93,7 @@ private:
 };
 
 enum LinkState : int { kLinkDown = 0, kLinkOpening = 1, kLinkOpen = 2 };
+constexpr uint32_t kNotAway = ~uint32_t(0);  // Shared::awayGeneration: the server is there, or being connected to
 
 struct Shared {
     // host -> everyone: parameter values (canonical), written by whichever thread the host calls from
@@ -111,12 +114,11 @@ struct Shared {
     // network thread -> audio thread and main thread
     std::atomic<int> linkState{kLinkDown};
     std::atomic<uint32_t> linkEpoch{0};     // the epoch linkState is about
-    std::atomic<int32_t> latencySamples{0}; // the session's latency_samples (an estimate before any session opened)
-    std::atomic<uint64_t> latencyKey{0};    // configKey() the latency was measured for by a real session; 0: none
-    std::atomic<uint64_t> publishedKey{0};  // configKey() latencySamples is for, measured or estimated
     std::atomic<uint64_t> failedKey{0};     // configKey() of the last session the server refused to open
-    std::atomic<bool> unreachable{false};   // the last connection attempt failed
-    std::atomic<bool> connected{false};     // the connection to the server is up
+    // The serverGeneration for which there is no connection (the last attempt failed, or it was lost), or
+    // kNotAway. A new address is a new generation, so a mark for the old one never holds for it: a plugin just
+    // created, or given a new address, is still connecting.
+    std::atomic<uint32_t> awayGeneration{kNotAway};
 
     Shared() {
         for (uint32_t i = 0; i < kInputParamCount; ++i) params[i].store(0.0f, std::memory_order_relaxed);
@@ -128,13 +130,15 @@ struct Shared {
     }
 };
 
-// A reply may still come for the stream: the server is there and has not refused a session for this configuration
-// (after a refusal the network thread waits before it asks again; a new delay or rate asks at once).
+// A reply may still come for the stream: the server is there (or being connected to) and has not refused a session
+// for this configuration (after a refusal the network thread waits before it asks again; a new delay or rate asks
+// at once).
 inline bool replyCanCome(const Shared& shared, uint64_t key) {
-    return shared.connected.load(std::memory_order_acquire) && shared.failedKey.load(std::memory_order_acquire) != key;
+    return shared.awayGeneration.load(std::memory_order_acquire) != shared.serverGeneration.load() &&
+           shared.failedKey.load(std::memory_order_acquire) != key;
 }
 
-// What a session's latency depends on: the host rate and the delay time.
+// What a session is opened for: the host rate and the delay time (a new one of either opens a new session).
 inline uint64_t configKey(uint32_t rate, float delaySeconds) {
     uint32_t bits;
     static_assert(sizeof(bits) == sizeof(delaySeconds), "float is 32 bits");

@@ -10,7 +10,7 @@ namespace {
 constexpr double kSlowPaceSeconds = 0.5;  // the pace's long average: over about this much audio
 constexpr double kWaitSeconds = 2.0;     // offline: the longest wait for one reply
 constexpr double kSlowWaitSeconds = 0.05;  // ... after one timed out, until a reply comes in time again
-constexpr double kSettleSeconds = 2.0;   // offline: the longest wait for a new session's latency
+constexpr double kUndecidedMargin = 0.5;  // undecided pace: waits end this many host buffers before real time
 constexpr auto kWaitStep = std::chrono::microseconds(100);
 
 uint64_t nextPow2(uint64_t n) {
@@ -24,8 +24,12 @@ uint64_t nextPow2(uint64_t n) {
 void Pace::enter(Clock::time_point now, uint32_t frames, double rate) {
     if (frames == 0 || rate <= 0) return;
     const double audio = frames / rate;
+    callStartSeconds_ = streamSeconds_;
     streamSeconds_ += audio;
-    if (!started_) return;
+    if (!started_) {
+        firstEnter_ = now;
+        return;
+    }
     const double host = std::chrono::duration<double>(now - lastExit_).count();
     const double ratio = std::min(2.0, host / audio);  // a long pause (stopped transport) counts as live, no more
     hostSeconds_ += ratio * audio;
@@ -39,8 +43,8 @@ void Pace::enter(Clock::time_point now, uint32_t frames, double rate) {
     slow_ += std::min(1.0, audio / kSlowPaceSeconds) * (ratio - slow_);
 }
 
-uint32_t Stream::latencyFor(int32_t sessionLatency, uint32_t blockFrames, uint32_t hostBuffer) {
-    return uint32_t(std::max(0, sessionLatency)) + blockFrames + std::min(hostBuffer, kMaxHostBuffer);
+uint32_t Stream::latencyFor(uint32_t blockFrames, uint32_t hostBuffer) {
+    return (1 + kReplyMarginBlocks) * blockFrames + std::max<uint32_t>(1, std::min(hostBuffer, kMaxHostBuffer));
 }
 
 void Stream::prepare(std::shared_ptr<StreamBuffers> buffers, uint32_t hostBuffer, uint32_t epoch) {
@@ -50,37 +54,26 @@ void Stream::prepare(std::shared_ptr<StreamBuffers> buffers, uint32_t hostBuffer
     rate_ = buf_->rate;
     hostBuffer_ = std::max<uint32_t>(1, std::min(hostBuffer, kMaxHostBuffer));
     epoch_ = epoch;
-    const uint64_t frames = nextPow2(uint64_t(kMaxLatencySeconds * rate_) + blockFrames_ + kMaxHostBuffer +
-                                     kChunkFrames + 1);
+    L_ = latencyFor(blockFrames_, hostBuffer_);
+    const uint64_t frames = nextPow2(uint64_t(L_) + kChunkFrames + 1);  // the dry frames not yet played
     if (dry_.size() != frames * channels_) dry_.assign(frames * channels_, 0.0f);
     else std::fill(dry_.begin(), dry_.end(), 0.0f);
     dryMask_ = frames - 1;
     block_.assign(size_t(blockFrames_) * channels_, 0.0f);
     blockFill_ = 0;
     inPos_ = outPos_ = nextBlock_ = 0;
-    sessionLatency_ = -1;
     curBlock_ = -1;
     curReply_ = nullptr;
     slow_ = false;
     pace_.restart(hostBuffer_, rate_);
     shared_.playTag.store(blockTag(epoch_, 0), std::memory_order_release);
-    adoptLatency();
-}
-
-void Stream::adoptLatency() {
-    const int32_t latency = shared_.latencySamples.load(std::memory_order_acquire);
-    if (latency == sessionLatency_) return;
-    sessionLatency_ = latency;
-    L_ = latencyFor(latency, blockFrames_, hostBuffer_);
-    curBlock_ = -1;  // the frames to play moved: choose the block again
 }
 
 void Stream::process(const float* const* in, float* const* out, uint32_t frames) {
     const auto start = Pace::Clock::now();
     pace_.enter(start, frames, rate_);
     shared_.offline.store(pace_.offline(), std::memory_order_relaxed);
-    if (pace_.offline() && outPos_ + frames <= L_) settleLatency();  // before any audio: moving L jumps nothing
-    adoptLatency();
+    undecidedUntil_ = pace_.due(kUndecidedMargin * hostBuffer_ / rate_);
     for (uint32_t done = 0; done < frames;) {
         const uint32_t n = std::min(frames - done, kChunkFrames);
         ingest(in, done, n);  // first: the output may overwrite the input (in-place hosts)
@@ -155,8 +148,20 @@ void Stream::selectBlock(int64_t block) {
     const uint32_t slot = buf_->replySlot(block);
     const uint64_t want = blockTag(epoch_, block);
     uint64_t tag = buf_->tag(slot).load(std::memory_order_acquire);
-    if (tag != want && tag != (want | kSkipped) && pace_.offline() && waitForReply(slot, want)) {
-        tag = want;
+    if (tag != want && tag != (want | kSkipped)) {
+        // Offline: wait, boundedly, for every reply. Undecided: only while the host is ahead of real time by more
+        // than half a buffer. Live: never.
+        if (pace_.offline()) {
+            const double limit = slow_ ? kSlowWaitSeconds : kWaitSeconds;
+            const auto until = Pace::Clock::now() + std::chrono::duration_cast<Pace::Clock::duration>(
+                                                        std::chrono::duration<double>(limit));
+            const Wait waited = waitForReply(slot, want, until);
+            if (waited == Wait::kCame) tag = want;
+            if (waited == Wait::kTimedOut) slow_ = true;  // the next waits are short, until a reply comes in time
+        } else if (pace_.undecided() && Pace::Clock::now() < undecidedUntil_ &&
+                   waitForReply(slot, want, undecidedUntil_) == Wait::kCame) {
+            tag = want;
+        }
     }
     if (tag == want) {
         curReply_ = buf_->replyAudio(slot);
@@ -167,32 +172,18 @@ void Stream::selectBlock(int64_t block) {
     }
 }
 
-// Offline, while the output is still the silence before the first delayed frame: wait, boundedly, for a session
-// to measure the latency of the parameters the host has just set (hosts send them with the first calls).
-void Stream::settleLatency() {
+// Wait until `until` while a reply can come (the network thread keeps the blocks of a session it is about to
+// open, and marks those that will get no reply).
+Stream::Wait Stream::waitForReply(uint32_t slot, uint64_t want, Pace::Clock::time_point until) {
     const uint64_t key = configKey(uint32_t(rate_), shared_.params[kDelay].load(std::memory_order_relaxed));
-    const auto start = Pace::Clock::now();
-    while (shared_.latencyKey.load(std::memory_order_acquire) != key && replyCanCome(shared_, key) &&
-           Pace::Clock::now() - start < std::chrono::duration<double>(kSettleSeconds)) {
-        std::this_thread::sleep_for(kWaitStep);
-    }
-}
-
-// Offline only: wait, boundedly, while a reply can come (the network thread keeps the blocks of a session it is
-// about to open, and marks those that will get no reply).
-bool Stream::waitForReply(uint32_t slot, uint64_t want) {
-    const auto limit = std::chrono::duration<double>(slow_ ? kSlowWaitSeconds : kWaitSeconds);
-    const uint64_t key = configKey(uint32_t(rate_), shared_.params[kDelay].load(std::memory_order_relaxed));
-    const auto start = Pace::Clock::now();
     shared_.waits.fetch_add(1, std::memory_order_relaxed);
     for (;;) {
         const uint64_t tag = buf_->tag(slot).load(std::memory_order_acquire);
-        if (tag == want) return true;
-        if (tag == (want | kSkipped) || !replyCanCome(shared_, key)) return false;
-        if (Pace::Clock::now() - start > limit) {
+        if (tag == want) return Wait::kCame;
+        if (tag == (want | kSkipped) || !replyCanCome(shared_, key)) return Wait::kNoReply;
+        if (Pace::Clock::now() >= until) {
             shared_.waitTimeouts.fetch_add(1, std::memory_order_relaxed);
-            slow_ = true;
-            return false;
+            return Wait::kTimedOut;
         }
         std::this_thread::sleep_for(kWaitStep);
     }

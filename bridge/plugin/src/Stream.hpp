@@ -3,11 +3,13 @@
 //   input  -> dry line (every frame, for the dry path)  +  blocks of B frames -> send ring -> network thread
 //   output frame n = the bridge's reply for input frame n - L, or the dry input frame n - L when there is none
 //
-// L = the session's latency_samples + B (the block being collected) + H (one host buffer): a reply is needed
-// latency_samples + H frames after its block was sent, so a real-time host gives the bridge at least the session's
-// latency to answer. The session's own output already holds the echo latency_samples after the dry signal, so
-// the plugin's output is the session's output delayed by exactly L, wet or dry; nothing jumps when the bridge comes
-// or goes. No allocation, lock or system call here except the clock, and sleeping while an offline render waits.
+// L = B (the block being collected) + R (the reply margin, kReplyMarginBlocks blocks) + H (one host buffer, the
+// largest the host announced): the plugin's own buffering, and all it reports. A block is sent in the call that
+// completes it and its reply is first played R + one to two host buffers later, the time a live host gives the
+// bridge to answer. The session's own output holds the echo latency_samples after the dry signal, so the plugin's
+// output is the session's output delayed by exactly L, wet or dry, whatever the session's latency: nothing jumps
+// when the bridge comes or goes, and the latency never waits for the server. No allocation, lock or system call
+// here except the clock, and sleeping while an offline render waits.
 #pragma once
 
 #include <chrono>
@@ -24,31 +26,45 @@ namespace lmdm {
 // The median of the last calls decides (a busy machine that preempts a render now and then does not make it look
 // live), and one more sign must agree, so that a live host catching up after a hiccup is not taken for a render:
 // early in a stream, that it is ahead of the clock by more than a live host can be (two of its buffers); later,
-// that its pace has been fast for about half a second of audio.
+// that its pace has been fast for about half a second of audio. A young stream whose host calls fast but is not
+// that far ahead yet is undecided: a live host prefilling its buffers, or the first calls of a render (whose first
+// reply is due in its second call when the host buffer is 3 blocks or more). Undecided, the plugin waits only
+// while the host is ahead of real time (see due()), which no live host notices.
 class Pace {
 public:
     using Clock = std::chrono::steady_clock;
     void enter(Clock::time_point now, uint32_t frames, double rate);
     void exit(Clock::time_point now) { lastExit_ = now; started_ = true; }
-    // a new stream (activate), from a host whose buffers are up to `hostBuffer` frames
+    // a new stream (activate), from a host whose buffers are up to `hostBuffer` frames: nothing known yet
     void restart(uint32_t hostBuffer, double rate) {
         streamSeconds_ = hostSeconds_ = 0.0;
         aheadLimit_ = 2.0 * hostBuffer / rate;
+        started_ = false;  // the pause before the first call (set-up, a stopped transport) says nothing
+        count_ = next_ = 0;
+        recent_ = slow_ = 1.0;
     }
-    bool offline() const {
-        const bool ahead = streamSeconds_ - hostSeconds_ > aheadLimit_;
-        return recent_ < 0.5 && (streamSeconds_ < kYoungSeconds ? ahead : slow_ < 0.5);
+    bool offline() const { return recent_ < 0.5 && (young() ? ahead() : slow_ < 0.5); }
+    bool undecided() const { return recent_ < 0.5 && young() && !ahead(); }
+    // When the audio before this call is due in real time (counted from the stream's first call), less `margin`
+    // seconds: a call that returns by then leaves a live host on time.
+    Clock::time_point due(double margin) const {
+        return firstEnter_ + std::chrono::duration_cast<Clock::duration>(
+                                 std::chrono::duration<double>(callStartSeconds_ - margin));
     }
 
 private:
+    bool young() const { return streamSeconds_ < kYoungSeconds; }
+    bool ahead() const { return streamSeconds_ - hostSeconds_ > aheadLimit_; }
+
     static constexpr double kYoungSeconds = 1.0;
     static constexpr int kRecent = 8;
-    Clock::time_point lastExit_{};
+    Clock::time_point lastExit_{}, firstEnter_{};
     bool started_ = false;
     double ratios_[kRecent] = {};  // the last calls' host time / audio time
     int count_ = 0, next_ = 0;
     double recent_ = 1.0, slow_ = 1.0;  // their median; an average over ~0.5 s of audio. Live until shown otherwise
     double streamSeconds_ = 0.0, hostSeconds_ = 0.0, aheadLimit_ = 0.0;  // since the stream started
+    double callStartSeconds_ = 0.0;  // the stream's audio before this call
 };
 
 class Stream {
@@ -65,17 +81,16 @@ public:
 
     // The latency in use (frames), for the host.
     uint32_t latency() const { return uint32_t(L_); }
-    // What the latency is for a session latency and host buffer (main thread, before processing).
-    static uint32_t latencyFor(int32_t sessionLatency, uint32_t blockFrames, uint32_t hostBuffer);
+    // The latency for a block size and host buffer: B + R + H (any thread; it does not depend on the server).
+    static uint32_t latencyFor(uint32_t blockFrames, uint32_t hostBuffer);
 
 private:
-    void adoptLatency();
-    void settleLatency();
     void ingest(const float* const* in, uint32_t offset, uint32_t frames);
     void pushBlock();
     void render(float* const* out, uint32_t offset, uint32_t frames);
     void selectBlock(int64_t block);
-    bool waitForReply(uint32_t slot, uint64_t want);
+    enum class Wait { kCame, kNoReply, kTimedOut };
+    Wait waitForReply(uint32_t slot, uint64_t want, Pace::Clock::time_point until);
 
     Shared& shared_;
     std::shared_ptr<StreamBuffers> buf_;
@@ -87,11 +102,11 @@ private:
     uint32_t blockFill_ = 0;
     Snapshot blockParams_;
     int64_t inPos_ = 0, outPos_ = 0, nextBlock_ = 0;
-    int32_t sessionLatency_ = -1;
     int64_t L_ = 0;
     int64_t curBlock_ = -1;
     const float* curReply_ = nullptr;  // the reply being played, or null: dry
     bool slow_ = false;                // offline: a reply timed out; wait briefly until one comes in time again
+    Pace::Clock::time_point undecidedUntil_{};  // undecided pace: until when this call may wait for replies
     Pace pace_;
 };
 

@@ -4,7 +4,7 @@
     python3 gen_presets.py PRESETS_DIR OUT.hpp
 
 Fields a preset leaves out take the preset schema's defaults, copied in ``SCHEMA_DEFAULTS``; tests/test_plugin.py
-checks that copy, and every generated row, against ``lmdm_engine.presets``."""
+checks that copy, and every generated row, against ``lmdm_engine.io.presets``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-DEFAULT_PRESET = "tape_echo"  # lmdm_engine.presets.DEFAULT_PRESET
+DEFAULT_PRESET = "tape_echo"  # lmdm_engine.io.presets.DEFAULT_PRESET
 # the preset fields the plugin exposes as parameters, with the schema's defaults and ranges
 SCHEMA_DEFAULTS = {"mix": 0.5, "strength": 0.6, "feedback": 0.3, "steps": 8, "seed": 0, "delay_seconds": 0.5,
                    "mode": "delay"}
