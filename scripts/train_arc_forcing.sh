@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # ARC-Forcing post-training of the block-causal model (docs/TRAINING.md, "ARC-Forcing"), then the drift benchmark
-# (docs/DRIFT.md). Needs runs/default/lmdm/model (scripts/train_default_model.sh).
-# The run recorded in the docs stopped at step 114 of 250 on its 14-minute limit (a 2-core CPU shared with other
-# jobs); a faster or idler machine gets further through the same schedule.
+# of the post-trained model against its parent (docs/TRAINING.md). INIT is the model to post-train: by default the
+# shipped one (lmdm_engine/models/default); runs/default/lmdm/model after scripts/train_default_model.sh.
+# Resumable like every `lmdm train` stage: run it again to continue from the last checkpoint (every 200 steps).
 set -euo pipefail
+DATA=${DATA:-data/corpus6k}
+INIT=${INIT:-lmdm_engine/models/default}
 RUN=${RUN:-runs/arc/default}
-nice -n 19 lmdm train --stage arc-forcing -o "$RUN" --init runs/default/lmdm/model --data data/corpus \
-  --steps 250 --batch-size 8 --lr 1e-5 --disc-lr 1e-4 --rollout-blocks 8 --ema-decay 0.99 --threads 1 --max-minutes 14
-nice -n 19 python benchmarks/bench_drift.py --arc "$RUN/model" --markdown --plot docs/drift.png --json docs/drift.json
+[ -f "$DATA/corpus.json" ] || lmdm corpus -o "$DATA" --clips 6000 --seconds 4 --jobs 2
+nice -n 19 lmdm train --stage arc-forcing -o "$RUN" --init "$INIT" --data "$DATA" \
+  --steps 250 --batch-size 8 --lr 1e-5 --disc-lr 1e-4 --rollout-blocks 8 --ema-decay 0.99 --threads 1 --max-minutes 30
+nice -n 19 python benchmarks/bench_drift.py --outpaint '' --lmdm "$INIT" --arc "$RUN/model" --data "$DATA" \
+  --steps 2 --contexts 16 --markdown
