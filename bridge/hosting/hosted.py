@@ -303,9 +303,8 @@ class HostedSession:
         if assembled.concealed:
             flags |= BlockFlag.CONCEALED
             self.counts["concealed"] += 1
-        bad = ~np.isfinite(audio)
-        if bad.any():
-            audio[bad] = 0.0
+        if not np.isfinite(audio).all():  # one pass and one temporary array for the usual, clean block
+            audio[~np.isfinite(audio)] = 0.0
             flags |= BlockFlag.BAD_INPUT
             self.counts["bad_input"] += 1
         deadline = None if self.deadline is None else assembled.first_arrival + self.deadline

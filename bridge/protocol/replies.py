@@ -68,7 +68,7 @@ class AudioReply:
     frame_offset: int
     total_frames: int
     flags: int  # BlockFlag bits, as read (a BlockFlag is built once per block, by whoever needs one)
-    samples: bytes
+    samples: bytes | memoryview  # a view of its packet when read by read_audio_packet
 
 
 @dataclass(frozen=True)

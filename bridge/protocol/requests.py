@@ -43,7 +43,7 @@ class AudioChunk:
     seq: int
     frame_offset: int
     total_frames: int
-    samples: bytes
+    samples: bytes | memoryview  # a view of its packet when read by read_audio_packet
     cookie: str | None = None  # the session's cookie (required over UDP), a trailing argument
 
 
