@@ -7,6 +7,10 @@ level against the input, flatness ratio, harmonicity, pitch kept (strength as se
 input. A preset's character is audible when its timbre is heard (or, without a timbre tag, when the echo stays
 close to what was played) at a level within 3 dB of the input's and a harmonicity of 0.8 or more.
 
+The last table is each preset's pick (:func:`pick`): with a timbre tag, the candidate closest to the input's level
+among those whose timbre is heard at least as often as with the preset's own settings; without one, the candidate
+that stays closest to what was played (the most pitch kept).
+
     python benchmarks/tune_presets.py [--model DIR] [--data data/corpus] [--clips 16] [--presets NAME ...]
         [--strengths 0.5 0.75] [--guidances 1 3] [--markdown] [--json OUT]
 """
@@ -34,6 +38,14 @@ def candidates(preset, strengths, guidances) -> list[dict]:
     grid = [{"strength": s, "guidance": g} for s, g in itertools.product(strengths, guidances)]
     own = {"strength": preset.strength, "guidance": preset.guidance}
     return [own] + [c for c in grid if c != own]
+
+
+def pick(rows: list[dict]) -> dict:
+    """The chosen candidate of one preset's rows (the first row is the preset as it ships; see the docstring)."""
+    if np.isnan(rows[0]["timbre"]):
+        return max(rows, key=lambda r: r["pitch"])
+    heard = [r for r in rows if r["timbre"] >= rows[0]["timbre"]]
+    return min(heard, key=lambda r: abs(r["level"]))
 
 
 def main() -> None:
@@ -76,6 +88,11 @@ def main() -> None:
     print(f"# preset tuning: {args.model} ({args.runtime}), {args.clips} clips, {machine()}, "
           f"{time.perf_counter() - start:.0f} s")
     print_table(["preset", "strength", "guidance", "timbre heard", "level", "harm", "pitch", "flat", "FD"], table,
+                args.markdown)
+    picks = [pick([r for r in rows if r["preset"] == p.name]) for p in presets]
+    print_table(["preset", "pick: strength", "guidance", "level", "timbre", "FD"],
+                [[r["preset"], f"{r['strength']:g}", f"{r['guidance']:g}", f"{r['level']:+.1f} dB",
+                  "-" if np.isnan(r["timbre"]) else f"{100 * r['timbre']:.0f}%", f"{r['FD']:.0f}"] for r in picks],
                 args.markdown)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "settings": vars(args), "rows": rows}, indent=2))

@@ -70,7 +70,7 @@ def test_presets_command_lists_every_shipped_preset():
     for name in ("tape_echo", "glass_bells", "dark_pad_wash", "pluck_slapback", "dream_keys", "jam_drums",
                  "prompted_bells"):
         assert name in out
-    assert "mode jam  prompt 'a tight drum groove'" in out and "prompt 'bright glassy bells'  guidance 4" in out
+    assert "mode jam  prompt 'a tight drum groove'" in out and "prompt 'bright glassy bells'  guidance 3" in out
 
 
 def test_presets_embed_stores_every_shipped_prompt(monkeypatch, capsys):

@@ -24,8 +24,9 @@ import errno
 import glob
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
-import queue
+import pickle
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -515,7 +516,7 @@ def run_batch(jobs: list[Job], settings: BatchSettings, workers: int = 1,
         display.close()
 
 
-class _QueueProgress:
+class _PipeProgress:
     """A worker's progress callback: reports to the parent every PROGRESS_INTERVAL_SECONDS, and stops the work
     when the parent process is gone (killed), so no orphan keeps writing."""
 
@@ -531,45 +532,58 @@ class _QueueProgress:
             self.flush()
 
     def flush(self) -> None:
-        self._events.put(("advance", self._worker, self._pending))
+        try:
+            self._events.send(("advance", self._worker, self._pending))
+        except BrokenPipeError:
+            raise Interrupted("the parent process is gone") from None
         self._pending, self._last = 0.0, time.monotonic()
 
 
 def _worker_main(worker: int, settings: BatchSettings, tasks, events, parent_pid: int) -> None:
-    """A worker process: processes the jobs the parent sends until it sends None."""
+    """A worker process: processes the jobs the parent sends until it sends None; reports on ``events``, the
+    sending end of a pipe of its own (a worker killed mid-message leaves only its own pipe unreadable, where a
+    shared queue would stay locked for every other worker)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers
     signal.signal(signal.SIGTERM, raise_interrupted)  # stopped mid-file, a worker removes its partial file
-    events.cancel_join_thread()  # a stopped worker exits without waiting for the parent to read its progress
     process = FileProcessor(settings)
-    with contextlib.suppress(Interrupted):
+    with contextlib.suppress(Interrupted, BrokenPipeError):  # stopped, or the parent is gone
         for job in iter(tasks.get, None):
-            progress = _QueueProgress(events, worker, parent_pid)
+            progress = _PipeProgress(events, worker, parent_pid)
             result = process(job, progress)
             progress.flush()
-            events.put(("result", worker, result))
+            events.send(("result", worker, result))
 
 
 @dataclass
 class _Worker:
     process: multiprocessing.process.BaseProcess
     tasks: object
+    events: multiprocessing.connection.Connection  # the receiving end of the worker's own pipe
     job: Job | None = None
 
 
 def _run_in_processes(jobs: list[Job], settings: BatchSettings, workers: int,
                       display: ProgressDisplay) -> Iterator[FileResult]:
     context = multiprocessing.get_context("spawn")  # no forked copies of a parent's threads (torch, tqdm)
-    events = context.Queue()
     pending = collections.deque(jobs)
     pool: dict[int, _Worker] = {}
 
     def start(worker: int) -> None:
         tasks = context.Queue()
-        process = context.Process(target=_worker_main, args=(worker, settings, tasks, events, os.getpid()),
+        events, sender = context.Pipe(duplex=False)
+        process = context.Process(target=_worker_main, args=(worker, settings, tasks, sender, os.getpid()),
                                   name=f"lmdm-worker-{worker}", daemon=True)
         process.start()
-        pool[worker] = _Worker(process, tasks)
+        sender.close()  # the worker holds the only sending end: its death is the pipe's end
+        pool[worker] = _Worker(process, tasks, events)
         assign(worker)
+
+    def receive() -> Iterator[tuple]:
+        """The workers' messages that arrive within PROGRESS_INTERVAL_SECONDS."""
+        ready = multiprocessing.connection.wait([w.events for w in pool.values()], PROGRESS_INTERVAL_SECONDS)
+        for connection in ready:
+            with contextlib.suppress(EOFError, OSError, pickle.UnpicklingError):  # a dead worker: handled below
+                yield connection.recv()
 
     def assign(worker: int) -> None:
         w = pool[worker]
@@ -583,8 +597,7 @@ def _run_in_processes(jobs: list[Job], settings: BatchSettings, workers: int,
         for worker in range(workers):
             start(worker)
         while any(w.job is not None for w in pool.values()):
-            with contextlib.suppress(queue.Empty):
-                kind, worker, payload = events.get(timeout=PROGRESS_INTERVAL_SECONDS)
+            for kind, worker, payload in list(receive()):
                 w = pool[worker]
                 if kind == "advance" and w.job is not None:
                     display.advance(w.job, payload)
@@ -597,6 +610,7 @@ def _run_in_processes(jobs: list[Job], settings: BatchSettings, workers: int,
                     job = w.job
                     discard_stale_partials([job])
                     display.finish(job)
+                    w.events.close()
                     start(worker)
                     yield FileResult.failed(job.source, job.output, "the worker process died "
                                             f"(exit code {w.process.exitcode}) while processing this file")
@@ -616,6 +630,7 @@ def _run_in_processes(jobs: list[Job], settings: BatchSettings, workers: int,
                 w.process.join()
                 if w.job is not None:
                     discard_stale_partials([w.job])
+            w.events.close()
 
 
 # ---- reporting --------------------------------------------------------------------------------------------------
