@@ -323,3 +323,79 @@ def test_close_and_shutdown_answer_what_is_queued(debug_runtime):
         assert [getattr(r, "seq", None) for r in mine[1:4]] == [0, 1, 2]
         assert all(r.flags == 0 for r in mine[1:4])
         assert mine[4].request == CLOSE and mine[4].values["processed"] == 3
+
+
+class SpoofablePeer(FakePeer):
+    """A UDP-like peer: every request about a session must carry its cookie."""
+
+    spoofable = True
+
+
+def test_a_non_ascii_cookie_is_refused_like_a_bad_one_without_a_traceback(debug_runtime, caplog):
+    x = stereo_noise(2 * BLOCK)
+    peer = SpoofablePeer()
+
+    def with_cookie(seq: int, audio: np.ndarray, cookie: str) -> bytes:
+        (message,) = audio_messages(AUDIO, "s", seq, audio)
+        return encode_message(Message(AUDIO, message.args + (cookie,)))
+
+    async def scenario(bridge):
+        bridge.handle_packet(open_packet("s", "deadline_ms", 0), peer)  # answered with the cookie
+        cookie = peer.replies[-1].values["cookie"]
+        bridge.handle_packet(open_packet("s", "deadline_ms", 0, "cookie", cookie), peer)
+        await until(lambda: len(peer.replies) == 2)
+        forged = "é" * len(cookie)  # printable, not ASCII: hmac.compare_digest raised TypeError on it
+        for junk in (with_cookie(0, x[:, :BLOCK], forged), packet(PARAM, "s", "mix", 0.0, forged),
+                     packet(CLOSE, "s", forged), open_packet("t", "cookie", forged)):
+            bridge.handle_packet(junk, peer)
+        bridge.handle_packet(with_cookie(0, x[:, :BLOCK], "0" * len(cookie)), peer)  # a wrong cookie: dropped
+        for seq in (0, 1):
+            bridge.handle_packet(with_cookie(seq, x[:, seq * BLOCK:(seq + 1) * BLOCK], cookie), peer)
+        await until(lambda: len(peer.audio()) == 2)
+        return bridge.status(), list(bridge.sessions)
+
+    with caplog.at_level("WARNING", logger="lmdm_bridge"):
+        status, sessions = run_bridge(debug_runtime, scenario)
+    errors = peer.errors()
+    assert [e.name for e in errors] == ["bad_arguments"] * 4
+    assert all("must be 1 to 64 printable ASCII characters" in e.message for e in errors)
+    assert [e.session for e in errors] == ["s", "s", "s", "t"]
+    assert status["unauthorized"] == 1 and sessions == [(peer.key, "s")]  # the session is untouched
+    assert [r.seq for r in peer.audio()] == [0, 1] and all(r.flags == 0 for r in peer.audio())
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info], "a traceback was logged"
+
+
+class FailingSendPeer(FakePeer):
+    """Fails to send the first audio reply (``threadsafe``: from the worker thread, else from the event loop)."""
+
+    def __init__(self, threadsafe: bool):
+        super().__init__()
+        self.threadsafe_sends = threadsafe
+        self.failed = False
+
+    def send_audio(self, session, seq, audio, flags):
+        if not self.failed:
+            self.failed = True
+            raise OSError("simulated send failure")
+        super().send_audio(session, seq, audio, flags)
+
+
+@pytest.mark.parametrize("threadsafe", [True, False])
+def test_a_reply_that_fails_to_send_gives_its_quota_back(debug_runtime, threadsafe, caplog):
+    x = stereo_noise(2 * BLOCK)
+    peer = FailingSendPeer(threadsafe)
+
+    async def scenario(bridge):
+        bridge.handle_packet(open_packet("s", "deadline_ms", 0), peer)
+        bridge.handle_packet(block_packet("s", 0, x[:, :BLOCK]), peer)
+        total = bridge.quotas.total
+        await until(lambda: peer.failed and total.queued == 0)  # answered (its reply lost) and settled
+        bridge.handle_packet(block_packet("s", 1, x[:, BLOCK:]), peer)
+        await until(lambda: len(peer.audio()) == 1 and total.queued == 0)
+        return total.bytes, total.queued, total.sessions
+
+    with caplog.at_level("ERROR", logger="lmdm_bridge"):
+        total = run_bridge(debug_runtime, scenario)
+    assert total == (0, 0, 1)  # the session is open, and the failed block holds nothing back
+    assert [r.seq for r in peer.audio()] == [1]
+    assert any("simulated send failure" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)

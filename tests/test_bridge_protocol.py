@@ -166,3 +166,16 @@ def test_audio_the_fast_reading_leaves_to_the_generic_path():
         assert read_audio_packet(packet) is None
     assert generic_read(as_floats, False) == AudioChunk("t", 1, 0, 2, blob)
     assert read_audio_packet(bytearray(as_floats)) is None and read_audio_packet(memoryview(past_int32)) is None
+
+
+@pytest.mark.parametrize("cookie", ["é" * 16, "", "c" * 65, "tab\there"])
+def test_cookies_must_be_printable_ascii_on_the_fast_and_the_generic_path(cookie):
+    blob = np.zeros(4, "<f4").tobytes()
+    audio = encode_message(Message(AUDIO, ("t", 1, 0, 2, blob, cookie)))
+    assert read_audio_packet(audio) is None  # left to the generic path, which says why
+    for message in (decode_packet(audio)[0], Message("/lmdm/close", ("t", cookie)),
+                    Message(OPEN, ("t", 48000, 2, 512, "", "cookie", cookie))):
+        with pytest.raises(ProtocolError, match="cookie .* must be 1 to 64 printable ASCII characters") as info:
+            parse_request(message)
+        assert (info.value.code, info.value.session) == (ErrorCode.BAD_ARGUMENTS, "t")
+    assert read_audio_packet(encode_message(Message(AUDIO, ("t", 1, 0, 2, blob, "0f" * 8)))).cookie == "0f" * 8

@@ -120,8 +120,49 @@ def test_errors_reach_the_client_with_their_reason(debug_runtime, tmp_path):
         assert client.open("a", RATE, 2, BLOCK).values["preset"] == "debug_echo"
         with pytest.raises(BridgeError, match=r"'strength' = 2.0 is out of range \[0.0, 1.0\]"):
             client.set_params("a", strength=2.0)
-        with pytest.raises(BridgeError, match="unknown preset 'glass_bell'.*did you mean 'glass_bells'"):
+        with pytest.raises(BridgeError, match="unknown preset 'glass_bell'.*did you mean 'glass_bells'") as e:
             client.set_preset("a", "glass_bell")
+        assert e.value.session == "a"  # the error names the session
         with pytest.raises(BridgeError, match="presets are chosen by name"):
             client.set_preset("a", str(echo))
         assert client.set_preset("a", "debug_echo")["preset"] == "debug_echo"
+
+
+class _Closing:
+    """A transport that only knows whether it was aborted."""
+
+    def __init__(self):
+        self.aborts = 0
+
+    def is_closing(self) -> bool:
+        return self.aborts > 0
+
+
+class _QuietConnection:
+    """What BridgeServer.make_room reads of a connection: no sessions, quiet since ``at``."""
+
+    sessions = 0
+    last_packet = None
+
+    def __init__(self, at: float):
+        self.opened_at, self.transport = at, _Closing()
+
+    def close_for(self, reason: str) -> None:
+        self.transport.aborts += 1  # it stays in connections until its connection_lost, as an aborted one does
+
+
+def test_a_burst_of_connections_closes_each_quiet_one_once(debug_runtime, monkeypatch):
+    from lmdm_bridge.server import transports
+    monkeypatch.setattr(transports, "MAX_CONNECTIONS", 3)
+    server = transports.BridgeServer(debug_runtime, workers=1)
+    try:
+        old = [_QuietConnection(at) for at in (1.0, 2.0, 3.0)]
+        server.connections.update(old)
+        for at in (4.0, 5.0, 6.0, 7.0):  # all arrive before any connection_lost runs
+            assert server.make_room()
+            server.connections.add(_QuietConnection(at))
+            assert sum(not c.transport.is_closing() for c in server.connections) <= 3
+        assert [c.transport.aborts for c in old] == [1, 1, 1]
+        assert sorted(c.opened_at for c in server.connections if not c.transport.is_closing()) == [5.0, 6.0, 7.0]
+    finally:
+        server.workers.shutdown()

@@ -111,7 +111,7 @@ class Hosting:
 
     workers: Workers
     quotas: Quotas
-    resolve_preset: Callable[[str | None], Preset]  # raises ProtocolError
+    resolve_preset: Callable[[str | None, str], Preset]  # (name, session id); raises ProtocolError naming the session
     reassembly_timeout: float
     max_queued_blocks: int
 
@@ -207,7 +207,7 @@ class HostedSession:
     def set_preset(self, name: str) -> None:
         """Load a preset's parameters and chains (from the next block)."""
         self._usable()
-        preset = self._hosting.resolve_preset(name)
+        preset = self._hosting.resolve_preset(name, self.id)
         self._change(preset.params, preset, PRESET)
 
     def _change(self, params: SessionParams, preset: Preset, address: str) -> None:
@@ -327,9 +327,13 @@ class HostedSession:
         self._settle(self._ledger.expire_through(block))
 
     def _answer(self, block: PendingBlock, audio: np.ndarray, flags: BlockFlag) -> None:
-        """Answer a block from the event loop (unless a worker answered it meanwhile)."""
-        if self._ledger.answer(block, audio, flags):
-            self._settle([block])
+        """Answer a block from the event loop (unless a worker answered it meanwhile); settled even when sending its
+        reply fails (it counts as answered then)."""
+        try:
+            self._ledger.answer(block, audio, flags)
+        finally:
+            if block.answered:
+                self._settle([block])
 
     def _settle(self, blocks: list[PendingBlock]) -> None:
         """On the loop, once blocks are answered (from here or a worker): their timers, their quota (and the audio
@@ -385,7 +389,8 @@ class HostedSession:
             self.counts["processed"] += 1
             self._settle([block])
             return
-        if block.answered:  # its deadline passed while it ran: answered dry already
+        if block.answered:  # its deadline passed while it ran (settled then), or the worker failed to send its reply
+            self._settle([block])
             return
         self.counts["processed"] += 1
         self._answer(block, block.reply_audio(out), flags)
@@ -484,8 +489,10 @@ class HostedSession:
                 log.exception("session %r: failed on a queued request", self.id)
                 self.peer.send(error_message(ProtocolError(
                     ErrorCode.ENGINE_ERROR, f"internal error: {type(e).__name__}", self.id)))
-                if isinstance(item, PendingBlock) and not item.answered:
-                    self._expire_through(item)
+                if isinstance(item, PendingBlock):
+                    if not item.answered:
+                        self._expire_through(item)
+                    self._settle([item])  # answered, even if its reply failed to leave: its quota is given back
         self.peer.send(close_reply(self.id, self.summary()))
         log.info("session %r closed: %s", self.id, self.summary())
 

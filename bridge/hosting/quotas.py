@@ -36,21 +36,17 @@ def block_cost(params: SessionParams, channels: int, frames: int, sample_rate: i
 
 @dataclass
 class Limits:
-    """The quotas (``lmdm serve`` options); per peer unless the name says the bridge."""
+    """The quotas; per peer unless the name says the bridge. Each is the ``BridgeSettings`` field ``max_<name>``
+    (server/dispatch.py), which holds the defaults and checks them."""
 
-    sessions: int = 32  # the bridge's sessions, closing ones included (--max-sessions)
-    peer_sessions: int = 8
-    peer_bytes: int = 32 << 20  # bytes of audio from the first chunk of a block until its reply leaves
-    bytes: int = 256 << 20  # the bridge's
-    peer_queued_blocks: int = 32  # blocks waiting to be processed, all of a peer's sessions together
-    block_cost: int = 16384  # model passes of one block
-    peer_load: int = 256
-    load: int = 1024  # the bridge's
-
-    def __post_init__(self):
-        for name, value in vars(self).items():
-            if not value > 0:
-                raise ValueError(f"bridge setting {name} = {value!r} must be positive")
+    sessions: int  # the bridge's sessions, closing ones included
+    peer_sessions: int
+    peer_bytes: int  # bytes of audio from the first chunk of a block until its reply leaves
+    bytes: int  # the bridge's
+    peer_queued_blocks: int  # blocks waiting to be processed, all of a peer's sessions together
+    block_cost: int  # model passes of one block
+    peer_load: int
+    load: int  # the bridge's
 
 
 @dataclass

@@ -15,7 +15,6 @@ ERROR = f"{PREFIX}/error"
 # UDP: the answer to an open that carries no (or a stale) cookie: ``s session s cookie``; the host sends the same open
 # again with ``"cookie" <cookie>``, which proves it receives what is sent to its (reply) address
 COOKIE = f"{PREFIX}/cookie"
-SESSION_REQUESTS = (AUDIO, PARAM, PRESET, RESET, CLOSE)  # over UDP, each carries the session's cookie
 REPLY_SUFFIX = "/reply"
 MAX_SESSION_ID_BYTES = 64
 # host rates the bridge takes: a session's set-up cost grows with rate / gcd(rate, model rate), which is small for

@@ -9,7 +9,7 @@ from lmdm_bridge.wire.osc import pad4
 
 from .namespace import AUDIO, MAX_SESSION_ID_BYTES, reply_address
 from .replies import AudioReply
-from .requests import MAX_COOKIE_CHARS, AudioChunk
+from .requests import AudioChunk, valid_cookie
 
 _AUDIO_REQUEST_HEAD = audio_head(AUDIO, 3)
 _AUDIO_REQUEST_COOKIE_HEAD = audio_head(AUDIO, 3, cookie=True)  # the same with a trailing cookie (UDP)
@@ -55,7 +55,7 @@ def read_audio_packet(packet: bytes, reply: bool = False) -> AudioChunk | AudioR
             cookie = packet[start: stop].decode("utf-8")
         except UnicodeDecodeError:
             return None
-        if not 1 <= len(cookie) <= MAX_COOKIE_CHARS or not cookie.isprintable():
+        if not valid_cookie(cookie):
             return None
     elif blob + pad4(size) != len(packet):
         return None

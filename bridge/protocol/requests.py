@@ -121,11 +121,17 @@ def live_params(pairs: dict, where: str, session: str) -> LiveParams:
     return LiveParams(fields, style)
 
 
+def valid_cookie(cookie: str) -> bool:
+    """Whether a cookie is 1 to MAX_COOKIE_CHARS printable ASCII characters (the dispatcher compares cookies with
+    ``hmac.compare_digest``, which takes ASCII strings only)."""
+    return 1 <= len(cookie) <= MAX_COOKIE_CHARS and cookie.isascii() and cookie.isprintable()
+
+
 def read_cookie(value, where: str, session: str) -> str:
     cookie = read_str(value, "cookie", where)
-    if not 1 <= len(cookie) <= MAX_COOKIE_CHARS or not cookie.isprintable():
+    if not valid_cookie(cookie):
         raise ProtocolError(ErrorCode.BAD_ARGUMENTS, f"{where}: cookie {brief(cookie)} must be 1 to "
-                                                     f"{MAX_COOKIE_CHARS} printable characters", session)
+                                                     f"{MAX_COOKIE_CHARS} printable ASCII characters", session)
     return cookie
 
 

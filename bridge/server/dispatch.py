@@ -40,6 +40,12 @@ log = logging.getLogger("lmdm_bridge")
 # room for an audio message's address, session id and integers beside its samples
 AUDIO_HEADER_BYTES = 256
 MAX_TRACKED_PEERS = 4096  # rate buckets and reply throttles kept at most (forgotten all at once past it)
+# the counts status reports: the sessions' blocks, then the packets and messages of the dispatcher and the
+# transports (udp_refused: replies not sent past an unproven UDP address's budget; udp_dropped: datagrams dropped
+# while the UDP socket's buffer was full)
+STATUS_COUNTS = ("blocks", "processed", "late", "concealed", "lost", "bad_input", "restarts", "engine_errors",
+                 "packets", "messages", "dropped", "malformed", "errors", "unauthorized", "udp_refused",
+                 "udp_dropped")
 
 
 @dataclass
@@ -82,8 +88,8 @@ class BridgeSettings:
                              "use at least 512")
 
     def limits(self) -> Limits:
-        return Limits(self.max_sessions, self.max_peer_sessions, self.max_peer_bytes, self.max_bytes,
-                      self.max_peer_queued_blocks, self.max_block_cost, self.max_peer_load, self.max_load)
+        """The quotas: each ``Limits`` field from the setting ``max_<field>``."""
+        return Limits(**{f.name: getattr(self, f"max_{f.name}") for f in fields(Limits)})
 
 
 class RateLimiter:
@@ -149,7 +155,8 @@ class Bridge:
         self.model = model
         self.sessions: dict[tuple, HostedSession] = {}  # (peer key, session id) -> session
         self._live: set[HostedSession] = set()  # the open sessions and the closed ones still answering
-        self.counts = Counter()  # packets, messages, errors, dropped, and the finished sessions' block counts
+        # packets, messages, errors, dropped (and the transports' counts), and the finished sessions' block counts
+        self.counts = Counter()
         self.shutting_down = False
         self.started = time.monotonic()
         self.quotas = Quotas(settings.limits())
@@ -395,9 +402,7 @@ class Bridge:
                 "runtime_requests": getattr(runtime, "requests", 0), "runtime_calls": getattr(runtime, "calls", 0),
                 "process_seconds": self.workers.process_seconds,
                 "live_sessions": total.sessions, "bytes_in_flight": total.bytes, "load": total.load,
-                **{key: blocks[key] for key in ("blocks", "processed", "late", "concealed", "lost", "bad_input",
-                                                "restarts", "engine_errors", "packets", "dropped", "malformed",
-                                                "errors")}}
+                **{key: blocks[key] for key in STATUS_COUNTS}}
         if with_paths:
             info["model_path"] = self.model
         return info

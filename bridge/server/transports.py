@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import threading
+from collections import Counter
 from pathlib import Path
 
 from lmdm_bridge.hosting.peer import Peer
@@ -49,9 +50,15 @@ SWEEP_SECONDS = 1.0  # how often connections are checked for the handshake and i
 UDP_MAX_BUFFERED = 4 << 20  # datagrams waiting for the UDP socket past this are dropped
 
 
+def _loopback_address(address: str) -> bool:
+    """Whether a numeric address (an IPv6 one with or without its ``%zone``) is a loopback address; raises
+    ValueError for one that is not an IP address."""
+    return ipaddress.ip_address(address.split("%")[0]).is_loopback
+
+
 def _is_own_address(host: str, bound: str) -> bool:
     try:
-        return host == bound or ipaddress.ip_address(host.split("%")[0]).is_loopback
+        return host == bound or _loopback_address(host)
     except ValueError:
         return False
 
@@ -62,7 +69,7 @@ def is_loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None)
     except socket.gaierror:
         return False
-    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+    return bool(infos) and all(_loopback_address(info[4][0]) for info in infos)
 
 
 # ---- writing from the event loop and from worker threads ------------------------------------------------------
@@ -168,10 +175,10 @@ class _StreamWriter(_Writer):
 
 
 class _DatagramWriter(_Writer):
-    def __init__(self, sock: socket.socket | None):
+    def __init__(self, sock: socket.socket | None, counts: Counter):
         super().__init__()
         self._sock = sock  # the endpoint's socket (the transport's own)
-        self.dropped = 0  # datagrams dropped because the socket's own buffer was full
+        self._counts = counts  # the bridge's: udp_dropped, datagrams dropped because the socket's buffer was full
 
     def send(self, packets: list, address) -> None:
         with self.lock:
@@ -193,7 +200,7 @@ class _DatagramWriter(_Writer):
     def _sendto_transport(self, packets: list, address) -> None:
         for packet in packets:
             if self.transport.get_write_buffer_size() > UDP_MAX_BUFFERED:  # a lossy transport: dropped, not kept
-                self.dropped += 1
+                self._counts["udp_dropped"] += 1
                 continue
             self.transport.sendto(packet, address)
 
@@ -242,7 +249,7 @@ class TcpConnection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        if len(self.server.connections) >= MAX_CONNECTIONS and not self.server.make_room():
+        if not self.server.make_room():
             log.warning("refusing a TCP connection from %s: %d connections open (the limit), all with sessions",
                         transport.get_extra_info("peername"), MAX_CONNECTIONS)
             transport.close()
@@ -320,15 +327,17 @@ class TcpConnection(asyncio.Protocol):
 # ---- UDP ------------------------------------------------------------------------------------------------
 class ReplyBudget:
     """What may be sent on behalf of one UDP source address before it proves its address: ``factor`` times the
-    bytes it sent (as QUIC holds a server to 3x before the client's address is validated)."""
+    bytes it sent (as QUIC holds a server to 3x before the client's address is validated). Replies refused are
+    counted in ``counts`` (the bridge's) as udp_refused."""
 
-    def __init__(self, factor: float):
+    def __init__(self, factor: float, counts: Counter):
         self.factor = factor
-        self.received = self.sent = self.refused = 0
+        self.received = self.sent = 0
+        self._counts = counts
 
     def allow(self, n: int) -> bool:
         if self.sent + n > self.factor * self.received:
-            self.refused += 1
+            self._counts["udp_refused"] += 1
             return False
         self.sent += n
         return True
@@ -396,7 +405,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._sock = sock
         self._buffer = bytearray(UDP_READ_BYTES)
         self._view = memoryview(self._buffer)
-        self.writer = _DatagramWriter(sock)
+        self.writer = _DatagramWriter(sock, server.bridge.counts)
         self._peers: dict[tuple, UdpPeer] = {}  # source address -> its peer (a block's datagrams share one)
 
     def connection_made(self, transport) -> None:
@@ -432,7 +441,8 @@ class UdpEndpoint(asyncio.DatagramProtocol):
                 self._peers.clear()
             settings = self.server.settings
             peer = self._peers[addr] = UdpPeer(self.writer, addr[:2], settings.udp_packet_bytes,
-                                               ReplyBudget(settings.udp_reply_factor), self.address[1])
+                                               ReplyBudget(settings.udp_reply_factor, self.server.bridge.counts),
+                                               self.address[1])
         peer.budget.received += len(data)
         self.server.bridge.handle_packet(data, peer)
 
@@ -458,9 +468,13 @@ class BridgeServer:
         self._sweeper: asyncio.Task | None = None
 
     def make_room(self) -> bool:
-        """Close the connection without sessions that was quiet longest, for a new one; False when every
-        connection has sessions."""
-        idle = [c for c in self.connections if c.sessions == 0]
+        """Whether a new connection may be taken: while MAX_CONNECTIONS are open, the one without sessions that was
+        quiet longest is closed for it; False when every open one has sessions. Connections closed already (they
+        stay in ``connections`` until their connection_lost) neither count nor are closed again."""
+        open_ = [c for c in self.connections if not c.transport.is_closing()]
+        if len(open_) < MAX_CONNECTIONS:
+            return True
+        idle = [c for c in open_ if c.sessions == 0]
         if not idle:
             return False
         min(idle, key=TcpConnection.idle_since).close_for(f"making room for a new connection ({MAX_CONNECTIONS} "
