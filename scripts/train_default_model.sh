@@ -3,7 +3,8 @@
 # 2 hours. Renders the procedural corpus, fits the codec's PCA basis on it and trains the block-causal model from
 # scratch with text prompts and jamming, measures drift, copies the model (config, float16 weights, codec basis)
 # into the package and exports it to ONNX (checked against torch). ARC-Forcing (scripts/train_arc_forcing.sh) ran on
-# this model without a gain, so it is not part of the recipe (docs/TRAINING.md). Needs the train and text extras (pip install -e ".[train,text]").
+# this model without a gain, so it is not part of the recipe (docs/TRAINING.md). Needs the train and text extras
+# (pip install -e ".[train,text]").
 #
 # Every stage is resumable: `lmdm train` saves a checkpoint every 200 steps and stops after --max-minutes (the
 # elapsed time counts across resumes). Run the script again to continue; it stops after a stage that did not

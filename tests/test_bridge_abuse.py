@@ -302,6 +302,8 @@ def test_generate_refuses_what_it_cannot_do_with_a_clear_error(tmp_path, debug_m
         (["--sketch", str(sketch), "-o", str(sketch)], 2, "is the sketch: refusing to overwrite it"),
         (["--seconds", "0.5", "--guidance", "100", "-o", str(tmp_path / "g.wav")], 2,
          "--guidance 100 is out of range [1, 8]"),
+        (["--sketch", str(sketch), "--strength", "1.5", "-o", str(tmp_path / "g.wav")], 2,
+         "--strength 1.5 is out of range [0, 1]"),
     ]
     for argv, code, message in cases:
         assert main(["generate", *argv, *model]) == code, argv

@@ -110,7 +110,13 @@ def test_fit_save_load(tmp_path):
     codec.save(tmp_path)
     codec.config.save(tmp_path)
     back = Codec.load(tmp_path)
-    assert back.key == codec.key
+    assert back.key == codec.key and back.typical_level == pytest.approx(codec.typical_level, abs=1e-6)
+    tones = [encode_clip(codec, tone(2.0, codec.config.sample_rate, 1, seed)[0]) for seed in range(4)]
+    length = codec.config.block_frames  # the median loudness of the fitting clips' blocks (fit pads the latency)
+    levels = codec.level(np.stack([z[i:i + length] for z in tones for i in range(0, z.shape[0] - length, length)]))
+    assert abs(codec.typical_level - np.median(levels)) < 0.1
+    Codec(codec.config, codec.mean, codec.components, codec.weights).save(tmp_path)  # as files before it was kept
+    assert Codec.load(tmp_path).typical_level is None
     (tmp_path / CODEC_NAME).write_bytes(b"not safetensors")
     with pytest.raises(ConfigError, match=CODEC_NAME):
         Codec.load(tmp_path)

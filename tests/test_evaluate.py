@@ -20,9 +20,9 @@ def test_rollout_matches_the_block_causal_forward(debug_runtime):
     length, blocks, steps = cfg.block_frames, 3, 2
     context = np.random.default_rng(0).standard_normal((2, 2 * length, cfg.latent_dim)).astype(np.float32)
     cond = np.eye(2, cfg.cond_dim, dtype=np.float32)
-    out = rollout(debug_runtime, context, blocks, length, steps, "euler", cond, seed=0)
+    out = rollout(debug_runtime, context, blocks, length, steps, "euler", cond, seed=0, follow_level=False)
     assert out.shape == (2, blocks * length, cfg.latent_dim) and np.isfinite(out).all()
-    again = rollout(debug_runtime, context, blocks, length, steps, "euler", cond, seed=0)
+    again = rollout(debug_runtime, context, blocks, length, steps, "euler", cond, seed=0, follow_level=False)
     np.testing.assert_array_equal(out, again)
 
     scale = debug_runtime.latent_scale
@@ -40,6 +40,27 @@ def test_rollout_matches_the_block_causal_forward(debug_runtime):
                 v = model.velocity_sequence(clean, noisy, t_blocks, torch.from_numpy(cond), length)[:, at]
             x = x + float(t_next - t) * v
         np.testing.assert_allclose(out[:, j * length:(j + 1) * length] / scale, x.numpy(), atol=1e-4)
+
+
+def test_rollout_blocks_keep_the_level_of_the_context(debug_runtime):
+    """With ``follow_level`` (the default) every block plays at the loudness of the context's last block, a loud
+    context and a quiet one alike; a block differs from the unlevelled one only by a constant log-magnitude offset."""
+    cfg, codec = debug_runtime.config, debug_runtime.codec
+    length = cfg.block_frames
+    audio = [tone(1.0, cfg.sample_rate, 1, seed=i)[0] * gain for i, gain in enumerate((1.0, 0.01))]
+    context = np.stack([encode_clip(codec, a)[:2 * length] for a in audio])
+    cond = np.zeros((2, cfg.cond_dim), np.float32)
+    out = rollout(debug_runtime, context, 3, length, 2, "pingpong", cond, seed=0)
+    raw = rollout(debug_runtime, context, 1, length, 2, "pingpong", cond, seed=0, follow_level=False)
+    target = codec.level(context[:, -length:])
+    assert abs(target[0] - target[1]) > 3.0  # the two contexts lie more than 26 dB apart
+    for j in range(3):
+        np.testing.assert_allclose(codec.level(out[:, j * length:(j + 1) * length]), target, atol=0.01)
+    moved = (out[:, :length] - raw).reshape(-1, cfg.latent_dim)  # every frame moved by a multiple of one latent:
+    direction = np.ones(codec.encoder.shape[0]) @ codec.encoder  # that of a constant log-magnitude offset
+    amount = moved @ direction / (direction @ direction)
+    np.testing.assert_allclose(moved, amount[:, None] * direction, atol=1e-4)
+    assert np.abs(amount).min() > 0.1
 
 
 def test_evaluate_references(debug_runtime):

@@ -99,6 +99,27 @@ def test_sketch_strength_moves_from_the_sketch_to_free(text_runtime):
     assert envelope_lag(free, sketch, sr, sr // 100)[1] < match
 
 
+def test_blocks_are_levelled_to_the_typical_level_or_the_sketch(text_runtime, monkeypatch):
+    """Free generation plays every block at the codec's typical level; below strength 1 a sketch's block sets it."""
+    from lmdm_engine.runtime.latent_stream import LatentStream
+
+    codec, scale = text_runtime.codec, text_runtime.latent_scale
+    blocks = []
+    step = LatentStream.step
+    monkeypatch.setattr(LatentStream, "step", lambda self, *a, **k: blocks.append(step(self, *a, **k)) or blocks[-1])
+    generate(text_runtime, 2.0, BELLS)
+    np.testing.assert_allclose(codec.level(np.concatenate(blocks) * scale), codec.typical_level, atol=0.01)
+    sketch = tone(2.0, text_runtime.config.sample_rate, 1)[0] * 0.05
+    blocks.clear()
+    generate(text_runtime, None, BELLS, sketch=sketch, strength=0.5)
+    levels = codec.level(np.concatenate(blocks) * scale)
+    sketch_latents = encode_clip(codec, np.concatenate([sketch, np.zeros(block_samples(text_runtime))]))
+    length = text_runtime.config.block_frames
+    expected = codec.level(np.stack([sketch_latents[i * length:(i + 1) * length] for i in range(len(blocks))]))
+    np.testing.assert_allclose(levels, expected, atol=0.01)
+    assert np.all(levels[1:-1] < codec.typical_level - 1.0)  # the quiet sketch, not the typical level
+
+
 def test_bad_requests_are_refused_before_generating(debug_runtime, text_runtime):
     with pytest.raises(ValueError, match="prompt 'warm pad': this model takes no text prompts"):
         iter_generate(debug_runtime, 1.0, "warm pad")

@@ -211,7 +211,6 @@ def cmd_generate(args) -> int:
     """Exit code 0: written; 1: generation failed; 2: bad request (nothing written)."""
     from lmdm_engine.core.conditioning import TextExtraMissing
     from lmdm_engine.stream.generate import iter_generate
-
     from lmdm_engine.stream.params import PARAM_SPECS
 
     output = Path(args.output)
@@ -223,12 +222,11 @@ def cmd_generate(args) -> int:
         return _generate_error(f"--seconds {args.seconds:g}: give a length above 0 s")
     if args.sketch is not None and output.resolve() == Path(args.sketch).resolve():
         return _generate_error(f"-o {output} is the sketch: refusing to overwrite it; write another file")
-    for option, spec in (("--guidance", "guidance"), ("--steps", "steps")):
-        value, spec = getattr(args, spec), PARAM_SPECS[spec]
+    checked = ["guidance", "steps"] + (["strength"] if args.sketch is not None else [])  # strength only shapes a sketch
+    for name in checked:
+        value, spec = getattr(args, name), PARAM_SPECS[name]
         if not spec.low <= value <= spec.high:
-            return _generate_error(f"{option} {value:g} is out of range [{spec.low:g}, {spec.high:g}]")
-    if args.sketch is not None and not 0.0 <= args.strength <= 1.0:
-        return _generate_error(f"--strength {args.strength:g} is out of range [0, 1]")
+            return _generate_error(f"--{name} {value:g} is out of range [{spec.low:g}, {spec.high:g}]")
     changes = []
     for at, text in args.then or []:
         try:

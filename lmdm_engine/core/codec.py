@@ -55,14 +55,16 @@ def bin_weights(config: ModelConfig) -> np.ndarray:
 
 class Codec:
     """One model's codec: its config (rates and sizes) and the fitted basis: mean [bins], components
-    [latent_size, bins] (orthonormal rows, over log-magnitudes times ``weights`` [bins])."""
+    [latent_size, bins] (orthonormal rows, over log-magnitudes times ``weights`` [bins]); ``typical_level``, the
+    median ``level`` of the fitting clips' blocks (None in files from before it was kept)."""
 
-    def __init__(self, config: ModelConfig, mean: np.ndarray, components: np.ndarray, weights: np.ndarray):
+    def __init__(self, config: ModelConfig, mean: np.ndarray, components: np.ndarray, weights: np.ndarray,
+                 typical_level: float | None = None):
         bins = config.n_fft // 2 + 1
         if mean.shape != (bins,) or weights.shape != (bins,) or components.shape != (config.latent_size, bins):
             raise ConfigError(f"codec basis of shapes {mean.shape}, {components.shape}, {weights.shape} does not fit "
                               f"the config (expected ({bins},), ({config.latent_size}, {bins}), ({bins},))")
-        self.config = config
+        self.config, self.typical_level = config, typical_level
         self.mean = np.ascontiguousarray(mean, np.float32)
         self.components = np.ascontiguousarray(components, np.float32)
         self.weights = np.ascontiguousarray(weights, np.float32)
@@ -70,6 +72,7 @@ class Codec:
         self.encoder = self.weights.astype(np.float64)[:, None] * self.components.T.astype(np.float64)
         self.decoder = self.components.astype(np.float64) / self.weights.astype(np.float64)
         self._mean64 = self.mean.astype(np.float64)
+        self._level_shift = np.ones(bins) @ self.encoder  # [K]: the latent of a constant log-magnitude offset
         self.window = sine_window(config.n_fft)  # float64: analysis
         self.synthesis_window = self.window.astype(np.float32)
 
@@ -109,6 +112,19 @@ class Codec:
         products."""
         return np.clip(np.asarray(latents, np.float64) @ self.decoder + self._mean64, *self.log_range)
 
+    def level(self, latents: np.ndarray) -> np.ndarray:
+        """Loudness of latent frames [B, F, K]: the log (natural) RMS magnitude over their frames and bins, [B]."""
+        log_mag = self.from_latent(latents)
+        return 0.5 * np.log(np.mean(np.exp(2.0 * log_mag), axis=(1, 2)))
+
+    def match_level(self, latents: np.ndarray, target: np.ndarray, passes: int = 3) -> np.ndarray:
+        """Latents [B, F, K] float32 moved along a constant log-magnitude offset until their ``level`` is
+        ``target`` [B] (each pass closes most of the gap: the basis holds the constant only nearly)."""
+        for _ in range(passes):
+            gap = np.asarray(target, np.float64) - self.level(latents)
+            latents = (latents + gap[:, None, None] * self._level_shift).astype(np.float32)
+        return latents
+
     # ---- fitting and persistence -------------------------------------------------------------------
     @classmethod
     def fit(cls, config: ModelConfig, clips: Iterable[np.ndarray], weights: np.ndarray | None = None) -> "Codec":
@@ -134,7 +150,12 @@ class Codec:
         values, vectors = np.linalg.eigh(np.cov((data - mean) * weights, rowvar=False))
         components = vectors[:, np.argsort(values)[::-1][: config.latent_size]].T
         components *= np.sign(components.sum(1, keepdims=True) + 1e-12)  # a fixed sign per component
-        return cls(config, mean, components, weights)
+        codec = cls(config, mean, components, weights)
+        blocks = [f[i:i + config.block_frames] for f in frames
+                  for i in range(0, f.shape[0] - config.block_frames + 1, config.block_frames)]
+        if blocks:
+            codec.typical_level = float(np.median(codec.level(codec.to_latent(np.stack(blocks)))))
+        return codec
 
     def save(self, folder: str | Path) -> Path:
         from safetensors.numpy import save_file
@@ -142,8 +163,10 @@ class Codec:
         path = Path(folder) / CODEC_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        save_file({"mean": self.mean, "components": self.components, "weights": self.weights}, str(tmp),
-                  metadata={"codec": CODEC_VERSION})
+        tensors = {"mean": self.mean, "components": self.components, "weights": self.weights}
+        if self.typical_level is not None:
+            tensors["typical_level"] = np.array([self.typical_level], np.float32)
+        save_file(tensors, str(tmp), metadata={"codec": CODEC_VERSION})
         tmp.replace(path)
         return path
 
@@ -161,7 +184,8 @@ class Codec:
                 version = (f.metadata() or {}).get("codec")
                 if version != CODEC_VERSION:
                     raise ConfigError(f"{path}: codec {version!r}; this lmdm reads {CODEC_VERSION!r}")
-                return cls(config, *(f.get_tensor(name) for name in ("mean", "components", "weights")))
+                level = float(f.get_tensor("typical_level")[0]) if "typical_level" in f.keys() else None
+                return cls(config, *(f.get_tensor(name) for name in ("mean", "components", "weights")), level)
         except (SafetensorError, OSError, KeyError) as e:
             raise ConfigError(f"{path}: not a readable codec basis ({e})") from None
 

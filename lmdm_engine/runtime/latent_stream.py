@@ -86,8 +86,20 @@ class LatentStream:
         for end in range(context.shape[1], 0, -block_frames)[::-1]:
             self.append(context[:, max(0, end - block_frames):end])
 
+    def level(self, frames) -> np.ndarray:
+        """The loudness [B] of frames [B, n, D] (model space; ``Codec.level``), for ``step(level=...)``."""
+        return self.runtime.codec.level(np.asarray(frames, np.float32) * self.runtime.latent_scale)
+
     def step(self, start, cond, noise: Callable, *, strength: float = 1.0, steps: int, sampler: str,
-             guidance: float = 1.0, early_steps: Callable = contextlib.nullcontext):
-        """The next block sampled against the cache (see :func:`generate_block`); the cache is not changed."""
-        return generate_block(self.runtime, self.state, start, strength, steps, sampler, cond, noise, guidance,
-                              early_steps)
+             guidance: float = 1.0, early_steps: Callable = contextlib.nullcontext, level=None):
+        """The next block sampled against the cache (see :func:`generate_block`); the cache is not changed.
+
+        ``level`` [B] (from :meth:`level`: the block it continues, or the one it re-generates) re-levels the block
+        to it (numpy only): the model alone regresses to a quiet average (continuations 7.6 dB under the real ones,
+        log-mel Fréchet distance 236; re-levelled to the context's last block: 93, docs/SOUND.md)."""
+        block = generate_block(self.runtime, self.state, start, strength, steps, sampler, cond, noise, guidance,
+                               early_steps)
+        if level is None:
+            return block
+        scale = self.runtime.latent_scale
+        return self.runtime.codec.match_level(np.asarray(block, np.float32) * scale, level) / scale

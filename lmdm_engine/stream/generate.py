@@ -82,6 +82,11 @@ def _stream(runtime, total, first, changes, guidance, steps, sampler, seed, sket
     rng = np.random.default_rng(seed)
     noise = lambda x: rng.standard_normal(x.shape, np.float32)
     start = np.zeros((1, cfg.block_frames, cfg.latent_dim), np.float32)
+    # the loudness each block is re-levelled to (LatentStream.step): its sketch block's (strength < 1), else the
+    # block before it's, the first block's the codec's typical level (alone the model starts near the corpus mean
+    # spectrum, 26 dB quieter than real clips)
+    typical = runtime.codec.typical_level
+    level = None if typical is None else np.array([typical])
     drop, left = cfg.codec_latency, total
     for k in tqdm(range(blocks), desc="generating", unit="block", disable=not progress):
         if k in changes:
@@ -91,10 +96,13 @@ def _stream(runtime, total, first, changes, guidance, steps, sampler, seed, sket
             part = sketch[k * block:(k + 1) * block]
             piece[0, :part.shape[0]] = part
             start = sketch_codec.encode(piece) / scale
+            if strength < 1.0:  # strength 1 ignores the sketch, its loudness too
+                level = stream.level(start)
         latents = np.asarray(stream.step(start, fade.next(), noise, strength=strength, steps=steps, sampler=sampler,
-                                         guidance=guidance), np.float32)
+                                         guidance=guidance, level=level), np.float32)
         if k + 1 < blocks:
             stream.append(latents)
+            level = stream.level(latents)
         audio = codec.decode(latents * scale)[0]
         cut = min(drop, audio.shape[0])
         drop -= cut

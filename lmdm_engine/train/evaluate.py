@@ -27,8 +27,10 @@ from .data import LatentClips
 
 
 def rollout(runtime: Runtime, context: np.ndarray, blocks: int, block_frames: int, steps: int, sampler: str,
-            cond: np.ndarray, seed: int = 0) -> np.ndarray:
+            cond: np.ndarray, seed: int = 0, follow_level: bool = True) -> np.ndarray:
     """Continue codec latents ``context`` [B, F, D] by ``blocks`` blocks; returns codec latents [B, blocks*L, D].
+    ``follow_level``: each block at the level of the one before it (``LatentStream.step``; ARC-Forcing's
+    self-rollout, which trains the model itself, does without).
 
     A ``LatentStream`` warms up on the context, then each generated block is appended to the cache before the
     next one: the streaming path of the Session and of ARC-Forcing's self-rollout.
@@ -41,8 +43,9 @@ def rollout(runtime: Runtime, context: np.ndarray, blocks: int, block_frames: in
     noise = lambda a: rng.standard_normal(a.shape).astype(np.float32)
     out = []
     zeros = np.zeros((x.shape[0], block_frames, x.shape[2]), np.float32)
+    level = stream.level(x[:, -block_frames:]) if follow_level else None  # every block's, once they follow it
     for _ in range(blocks):
-        block = np.asarray(stream.step(zeros, cond, noise, steps=steps, sampler=sampler), np.float32)
+        block = np.asarray(stream.step(zeros, cond, noise, steps=steps, sampler=sampler, level=level), np.float32)
         stream.append(block)
         out.append(block)
     return np.concatenate(out, 1) * scale
