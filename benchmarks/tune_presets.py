@@ -7,9 +7,11 @@ level against the input, flatness ratio, harmonicity, pitch kept (strength as se
 input. A preset's character is audible when its timbre is heard (or, without a timbre tag, when the echo stays
 close to what was played) at a level within 3 dB of the input's and a harmonicity of 0.8 or more.
 
-The last table is each preset's pick (:func:`pick`): with a timbre tag, the candidate closest to the input's level
-among those whose timbre is heard at least as often as with the preset's own settings; without one, the candidate
-that stays closest to what was played (the most pitch kept).
+The last table is each preset's pick (:func:`pick`): with a timbre tag, the candidate whose timbre is heard most
+often among those with a harmonicity of at least ``HARMONIC`` or at least the preset's own (ties: the more
+harmonic); without one, the candidate that stays closest to what was played (the most pitch kept). The Session
+re-levels every echo to its input (docs/SOUND.md), so the level no longer decides: it did before, when lower
+strengths were the louder ones.
 
     python benchmarks/tune_presets.py [--model DIR] [--data data/corpus] [--clips 16] [--presets NAME ...]
         [--strengths 0.5 0.75] [--guidances 1 3] [--markdown] [--json OUT]
@@ -33,6 +35,9 @@ from lmdm_engine.runtime.interface import default_model_dir, load_runtime
 from timbre_classifier import DEFAULT_CACHE, load_or_train
 
 
+HARMONIC = 0.75  # the harmonicity a pick keeps (pitched clips; real audio 0.80 on this corpus, docs/SOUND.md)
+
+
 def candidates(preset, strengths, guidances) -> list[dict]:
     """The preset as it ships, then each (strength, guidance) of the grid that differs from it."""
     grid = [{"strength": s, "guidance": g} for s, g in itertools.product(strengths, guidances)]
@@ -44,8 +49,8 @@ def pick(rows: list[dict]) -> dict:
     """The chosen candidate of one preset's rows (the first row is the preset as it ships; see the docstring)."""
     if np.isnan(rows[0]["timbre"]):
         return max(rows, key=lambda r: r["pitch"])
-    heard = [r for r in rows if r["timbre"] >= rows[0]["timbre"]]
-    return min(heard, key=lambda r: abs(r["level"]))
+    harmonic = [r for r in rows if r["harm"] >= min(HARMONIC, rows[0]["harm"])]
+    return max(harmonic, key=lambda r: (r["timbre"], r["harm"]))
 
 
 def main() -> None:

@@ -1,10 +1,11 @@
-"""The streaming codec (lmdm_engine/codec.py) as two ONNX graphs with explicit state inputs and outputs.
+"""The streaming codec (lmdm_engine/codec.py) as ONNX graphs: two with explicit state inputs and outputs, one without.
 
     codec_encode: audio [C, S] (S a multiple of hop), encoder_history [C, hop]
                   -> latents [C, S / hop, D] (model space: codec latents / latent_scale), present.encoder_history
     codec_decode: latents [C, F, D] (model space), decoder_overlap [C, hop], decoder_phase [C, bins] (float64),
                   decoder_frequency [C, bins] (float64)
                   -> audio [C, F * hop], present.decoder_overlap, present.decoder_phase, present.decoder_frequency
+    codec_level:  latents [C, F, D] (model space) -> level [C] (``Codec.level``: the echo's loudness, the host loop)
 
 The graphs are built op by op from the same formulas as the numpy codec; the fitted basis (mean and components)
 is stored in them. The STFT bases are computed inside the graph from integer indices (ONNX Runtime folds them
@@ -146,15 +147,32 @@ def _phase_scan(config: ModelConfig) -> onnx.GraphProto:
                              [_info("psi_next", d), _info("psi_out", d)], g.initializers)
 
 
+def _log_magnitude(g: _Graph, codec: Codec, latent_scale: np.ndarray) -> str:
+    """The input "latents" (model space) -> log-magnitudes [C, F, bins] float64, as ``Codec.from_latent``."""
+    latents = g.op("Cast", g.op("Mul", "latents", g.const(latent_scale, np.float32)), to=TensorProto.DOUBLE)
+    log_mag = g.op("Add", g.op("MatMul", latents, g.const(codec.decoder)), g.const(codec.mean.astype(np.float64)))
+    low, high = codec.log_range
+    return g.op("Clip", log_mag, g.const(low, np.float64), g.const(high, np.float64))
+
+
+def build_level(codec: Codec, latent_scale: np.ndarray) -> onnx.ModelProto:
+    """``Codec.level``: the log RMS magnitude of each channel's frames, what a host re-levels an echo to."""
+    g = _Graph()
+    power = g.op("Exp", g.op("Mul", _log_magnitude(g, codec, latent_scale), g.const(2.0, np.float64)))
+    mean = g.op("ReduceMean", power, axes=[1, 2], keepdims=0)  # [C]
+    g.op("Cast", g.op("Mul", g.op("Log", mean), g.const(0.5, np.float64)), to=TensorProto.FLOAT, out="level")
+    return g.model(
+        "codec_level", [_info("latents", _values(codec.config)["latents"])],
+        [helper.make_tensor_value_info("level", TensorProto.FLOAT, ["channels"])],
+        "LMDM codec, level: the loudness (log RMS magnitude) of model-space latent frames, per channel.")
+
+
 def build_decoder(codec: Codec, latent_scale: np.ndarray) -> onnx.ModelProto:
     config = codec.config
     g, hop, n, bins = _Graph(), config.hop, config.n_fft, config.n_fft // 2 + 1
     i64, f64, f32 = np.int64, np.float64, np.float32
     _, synthesis = _bases(g, config)
-    latents = g.op("Cast", g.op("Mul", "latents", g.const(latent_scale, f32)), to=TensorProto.DOUBLE)
-    log_mag = g.op("Add", g.op("MatMul", latents, g.const(codec.decoder)), g.const(codec.mean.astype(f64)))
-    low, high = codec.log_range
-    log_mag = g.op("Clip", log_mag, g.const(low, f64), g.const(high, f64))
+    log_mag = _log_magnitude(g, codec, latent_scale)
     k = g.const(np.arange(bins, dtype=i64))
     # rising[k]: log_mag[k] < log_mag[k + 1] (false at the last bin); peak[k]: rising[k - 1] and not rising[k]
     up = g.op("Less", g.slice(log_mag, 0, bins - 1, 2), g.slice(log_mag, 1, bins, 2))  # [C, F, bins - 1]

@@ -3,6 +3,7 @@
     DIR/denoiser_step.onnx   the fused streaming step with explicit KV-cache inputs and outputs
     DIR/codec_encode.onnx    audio -> model-space latents, streaming state in and out
     DIR/codec_decode.onnx    model-space latents -> audio, streaming state in and out
+    DIR/codec_level.onnx     model-space latents -> their loudness per channel (the echo is re-levelled to it)
     DIR/manifest.json        everything a host needs (shapes, names, schedule, presets, the host loop)
     DIR/codec.safetensors    the codec basis (the codec graphs hold it too), for the numpy codec of the runtime
 
@@ -21,7 +22,7 @@ import onnx
 import torch
 from torch import nn
 
-from lmdm_engine.core.codec import Codec
+from lmdm_engine.core.codec import LEVEL_PASSES, Codec
 from lmdm_engine.core.conditioning import prompt_conditioning
 from lmdm_engine.core.config import ModelConfig
 from lmdm_engine.core.files import atomic_write
@@ -32,7 +33,7 @@ from lmdm_engine.runtime.onnx import (EXPORT_SUBDIR, MANIFEST_NAME, MANIFEST_SCH
                                       present_name)
 from lmdm_engine.stream.params import unplayable_reason
 
-from .codec_graphs import OPSET, build_decoder, build_encoder
+from .codec_graphs import OPSET, build_decoder, build_encoder, build_level
 
 STEP_INPUTS = ("latents", "time", "cond", "context")
 
@@ -41,9 +42,11 @@ HOST_LOOP = """\
 # B = channels, L = block_frames (the delay in frames), D = latent_dim. All states start at zeros
 # (context_valid: false); `state` maps each state input to the present.* output that replaces it.
 # cond [B, conditioning.cond_dim]: a preset's cond_vector (it holds the prompt's embedding), per row.
+# amplitude [B]: the echo's loudness, zeros at first (a feedback delay's: level.doc).
 for each block of L * hop samples `audio` [B, L*hop]:
     heard, enc_state = codec_encode(audio, enc_state)                     # [B, L, D] model-space latents
     context = (1 - feedback) * heard + feedback * echo                    # echo: the previous block's output (zeros at first)
+    amplitude = (1 - feedback) * exp(codec_level(heard)) + feedback * amplitude   # jam mode: feedback 0 here
     delayed = context                                                     # the last L frames of the context stream
     times = [shift * u / (1 + (shift - 1) * u) for u = strength * (1 - i / steps), i = 0..steps]
     x = (1 - strength) * delayed + strength * noise()                     # one noise draw [L, D], shared by channels
@@ -61,6 +64,7 @@ for each block of L * hop samples `audio` [B, L*hop]:
         euler:     x = x + (times[i+1] - times[i]) * v
     (strength 0: no sampling; x = delayed, and the context is slid in by a step with latents of 0 frames)
     (jam mode: context = codec_encode(audio + the jam part that played during this block); x starts from noise)
+    repeat level.passes times: x = x + (log(amplitude) - codec_level(x))[:, None, None] * level.shift[None, None, :]
     echo = x
     out, dec_state = codec_decode(echo, dec_state)                        # plays during the next block
     output (1 - mix) * dry + mix * out: the wet path is one block + codec_latency_samples late"""
@@ -108,6 +112,7 @@ def codec_signature(config: ModelConfig) -> dict:
                          [_io(*latents)] + [_io(present_name(n), sh, dt) for n, sh, dt in enc_state]),
         "codec_decode": ([_io(*latents)] + [_io(*e) for e in dec_state],
                          [_io(*audio)] + [_io(present_name(n), sh, dt) for n, sh, dt in dec_state]),
+        "codec_level": ([_io(*latents)], [_io("level", ["channels"], "float32")]),
     }
 
 
@@ -129,7 +134,7 @@ def export_step(model: Denoiser, path: Path) -> None:
                           dynamo=False)
 
 
-def build_manifest(config: ModelConfig, latent_scale: np.ndarray, parameters: int, source: str) -> dict:
+def build_manifest(config: ModelConfig, codec: Codec, latent_scale: np.ndarray, parameters: int, source: str) -> dict:
     step_in, step_out = step_signature(config)
     graphs = {"denoiser_step": {"file": "denoiser_step.onnx", "inputs": step_in, "outputs": step_out}}
     for name, (inputs, outputs) in codec_signature(config).items():
@@ -175,6 +180,14 @@ def build_manifest(config: ModelConfig, latent_scale: np.ndarray, parameters: in
         },
         "presets": {p.name: {**p.to_dict(), "cond_vector": _preset_vector(config, p)}
                     for p in list_presets()},
+        "level": {
+            "doc": "the echo is re-levelled to a feedback delay's loudness: RMS amplitude (1 - feedback) times the "
+                   "block heard plus feedback times the echo before (a steady input echoes at its own level, a tail "
+                   "decays by feedback a block); shift: the model-space direction of a constant log-magnitude "
+                   "offset, each pass closes most of the gap (see the host loop)",
+            "passes": LEVEL_PASSES,
+            "shift": [float(v) for v in codec.level_shift / latent_scale],
+        },
         "host_loop": HOST_LOOP.splitlines(),
         "latent_scale": [float(v) for v in latent_scale],
         "config": config.to_dict(),
@@ -213,7 +226,7 @@ def _stamp(path: Path, graph: str, manifest: dict) -> None:
 
 
 def export_model(model: Denoiser, codec: Codec, out_dir: str | Path, source: str = "") -> Path:
-    """Write the three graphs, the codec basis and the manifest for ``model`` into ``out_dir``; returns the
+    """Write the four graphs, the codec basis and the manifest for ``model`` into ``out_dir``; returns the
     manifest path.
 
     Files are written under temporary names and renamed at the end, so a failed export leaves no half folder."""
@@ -223,7 +236,7 @@ def export_model(model: Denoiser, codec: Codec, out_dir: str | Path, source: str
     cfg = model.config
     latent_scale = model.latent_scale.detach().cpu().numpy().astype(np.float32)
     parameters = sum(p.numel() for p in model.parameters())
-    manifest = build_manifest(cfg, latent_scale, parameters, source)
+    manifest = build_manifest(cfg, codec, latent_scale, parameters, source)
     # the graphs under their partial names first, renamed together, then the manifest: no half folder
     with contextlib.ExitStack() as renames:
         for name, entry in manifest["graphs"].items():
@@ -231,7 +244,7 @@ def export_model(model: Denoiser, codec: Codec, out_dir: str | Path, source: str
             if name == "denoiser_step":
                 export_step(model, partial)
             else:
-                build = build_encoder if name == "codec_encode" else build_decoder
+                build = {"codec_encode": build_encoder, "codec_decode": build_decoder, "codec_level": build_level}[name]
                 onnx.save(build(codec, latent_scale), str(partial))
             _stamp(partial, name, manifest)
             entry["sha256"] = file_digest(partial)

@@ -53,7 +53,7 @@ def write_host_vector(export_dir: str | Path, out_dir: str | Path, blocks: int =
     p = session.params
     vector = {
         "channels": channels, "blocks": blocks, "block_frames": frames, "strength": p.strength, "steps": p.steps,
-        "sampler": p.sampler, "feedback": p.feedback, "cond": session.conditioning.tolist(),
+        "sampler": p.sampler, "guidance": p.guidance, "feedback": p.feedback, "cond": session.conditioning.tolist(),
         "noise_draws": len(session._rng.draws), "tolerance": HOST_TOLERANCE,
         "files": {"audio": "audio.f32", "noise": "noise.f32", "expected": "expected.f32"},
         "shapes": {"audio": list(audio.shape), "noise": [len(session._rng.draws), frames, cfg.latent_dim],

@@ -68,10 +68,10 @@ def check_step(model: Denoiser, onnx_rt: OnnxRuntime, seed: int = 0) -> Check:
 
 def check_codec(onnx_rt: OnnxRuntime, seconds: float = 3.0) -> list[Check]:
     """The codec graphs against the numpy codec over a stream of uneven chunks, states carried: the encoder's
-    model-space latents, and the decoder's audio from the same latents."""
+    model-space latents, the decoder's audio from the same latents, and their level."""
     cfg, manifest = onnx_rt.config, onnx_rt.manifest
     graphs = {name: open_session(manifest["folder"] / manifest["graphs"][name]["file"], "cpu")[0]
-              for name in ("codec_encode", "codec_decode")}
+              for name in ("codec_encode", "codec_decode", "codec_level")}
     audio = tone(seconds, cfg.sample_rate, seed=1)
     reference = StreamingCodec(onnx_rt.codec, 2)
     state = {name: {k: reference.state[k].copy() for k in manifest["state"][name]} for name in graphs}
@@ -79,9 +79,9 @@ def check_codec(onnx_rt: OnnxRuntime, seconds: float = 3.0) -> list[Check]:
     def run(name: str, feeds: dict) -> np.ndarray:
         outputs = dict(zip([o.name for o in graphs[name].get_outputs()], graphs[name].run(None, {**feeds, **state[name]})))
         state[name] = {k: outputs[present] for k, present in manifest["state"][name].items()}
-        return outputs["audio" if name == "codec_decode" else "latents"]
+        return outputs[{"codec_encode": "latents", "codec_decode": "audio", "codec_level": "level"}[name]]
 
-    encode_err = decode_err = 0.0
+    encode_err = decode_err = level_err = 0.0
     start, sizes = 0, [1, 5, cfg.block_frames, 3]
     for i in range(10**6):
         frames = sizes[i % len(sizes)]
@@ -93,8 +93,11 @@ def check_codec(onnx_rt: OnnxRuntime, seconds: float = 3.0) -> list[Check]:
         want_audio = reference.decode(want_latents * onnx_rt.latent_scale)
         encode_err = max(encode_err, float(np.abs(run("codec_encode", {"audio": chunk}) - want_latents).max()))
         decode_err = max(decode_err, float(np.abs(run("codec_decode", {"latents": want_latents}) - want_audio).max()))
+        want_level = onnx_rt.codec.level(want_latents * onnx_rt.latent_scale)
+        level_err = max(level_err, float(np.abs(run("codec_level", {"latents": want_latents}) - want_level).max()))
     return [Check("codec encode (model-space latents)", encode_err, CODEC_TOLERANCE),
-            Check("codec decode (audio)", decode_err, CODEC_TOLERANCE)]
+            Check("codec decode (audio)", decode_err, CODEC_TOLERANCE),
+            Check("codec level (log RMS magnitude)", level_err, CODEC_TOLERANCE)]
 
 
 def session_output(runtime, audio: np.ndarray, preset: str, **overrides) -> np.ndarray:

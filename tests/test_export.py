@@ -69,7 +69,7 @@ def test_onnx_runtime_matches_torch_graph_by_graph_and_per_session(debug_export)
     checks = verify_export(model, folder, blocks=20)
     playable = [p for p in list_presets() if unplayable_reason(p.params, model.config) is None]
     assert 0 < len(playable) < len(list_presets())  # the debug model has no text and no jamming
-    assert len(checks) == 3 + len(playable)  # step, codec encode and decode, a session per playable preset
+    assert len(checks) == 4 + len(playable)  # step, codec encode, decode and level, a session per playable preset
     for check in checks:
         assert check.ok, (check.name, check.max_abs_error, check.tolerance)
 

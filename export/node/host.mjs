@@ -3,7 +3,8 @@
 //   node host.mjs EXPORT_DIR VECTOR_DIR [OUT.f32]
 //
 // It follows the manifest's host loop at the model rate (codec_encode -> context mix -> denoiser_step with the
-// KV cache -> ping-pong or Euler sampling -> codec_decode) on the test vector written by Python
+// KV cache, with classifier-free guidance when the preset asks -> ping-pong or Euler sampling -> re-levelling with
+// codec_level -> codec_decode) on the test vector written by Python
 // (lmdm_export.host_vector.write_host_vector), prints a JSON line with the largest difference from Python's output,
 // and exits 1 when that exceeds the vector's tolerance. tests/test_node_host.py runs it.
 import fs from "node:fs";
@@ -53,6 +54,7 @@ async function run(graph, feeds, state) {
 const encoder = { ...(await open("codec_encode")), name: "codec_encode" };
 const decoder = { ...(await open("codec_decode")), name: "codec_decode" };
 const step = { ...(await open("denoiser_step")), name: "denoiser_step" };
+const leveller = { ...(await open("codec_level")), name: "codec_level" };
 
 const C = vector.channels;
 const L = vector.block_frames;
@@ -90,11 +92,19 @@ const times = Array.from({ length: vector.steps + 1 }, (_, i) => {
   return (shift * u) / (1 + (shift - 1) * u);
 });
 
-async function velocity(x, t, context) {
+// The unconditional vector guidance contrasts with (manifest.conditioning.unconditional): zeros, except the
+// accompaniment flag, which is kept.
+const uncond = new ort.Tensor("float32", new Float32Array(C * S), [C, S]);
+const flag = manifest.conditioning.layout.accompaniment;
+if (flag) for (let c = 0; c < C; c++) uncond.data[c * S + flag[0]] = cond.data[c * S + flag[0]];
+const guidance = vector.guidance;
+const rescale = manifest.conditioning.guidance_rescale;
+
+async function rawVelocity(x, t, context, vector) {
   const feeds = {
     latents: new ort.Tensor("float32", x, [C, L, D]),
     time: new ort.Tensor("float32", new Float32Array(C).fill(t), [C]),
-    cond,
+    cond: vector,
     context,
   };
   const { outputs, next } = await run(step, feeds, cache);
@@ -102,7 +112,40 @@ async function velocity(x, t, context) {
   return outputs.velocity.data;
 }
 
+// RMS over each row's L * D values.
+function rowRms(a) {
+  return Array.from({ length: C }, (_, c) => {
+    let sum = 0;
+    for (let j = c * L * D; j < (c + 1) * L * D; j++) sum += a[j] * a[j];
+    return Math.sqrt(sum / (L * D));
+  });
+}
+
+// The velocity at x, t; with guidance != 1 the conditional pass first (it folds the context in), then the
+// unconditional one on the same cache, the guided clean estimate rescaled to the conditional one's RMS.
+async function velocity(x, t, context) {
+  const v = await rawVelocity(x, t, context, cond);
+  if (guidance === 1) return v;
+  const vu = await rawVelocity(x, t, empty, uncond);
+  const guided = vu.map((u, j) => u + guidance * (v[j] - u));
+  if (rescale === 0 || t <= 0) return guided;
+  const x0c = x.map((xj, j) => xj - t * v[j]);
+  const x0 = x.map((xj, j) => xj - t * guided[j]);
+  const rc = rowRms(x0c), rg = rowRms(x0);
+  return x0.map((x0j, j) => {
+    const c = Math.floor(j / (L * D));
+    return (x[j] - x0j * (1 - rescale + (rescale * rc[c]) / (rg[c] + 1e-6))) / t;
+  });
+}
+
+// The loudness [C] (log RMS magnitude) of model-space latents [C, L, D].
+async function level(x) {
+  const { outputs } = await run(leveller, { latents: new ort.Tensor("float32", x, [C, L, D]) }, {});
+  return outputs.level.data;
+}
+
 let echo = new Float32Array(C * L * D);
+const amplitude = new Float64Array(C); // the echo's loudness, a feedback delay's (manifest.level.doc)
 const produced = [];
 for (let b = 0; b < vector.blocks; b++) {
   const chunk = new Float32Array(C * blockSamples);
@@ -115,6 +158,8 @@ for (let b = 0; b < vector.blocks; b++) {
   const context = new Float32Array(C * L * D);
   for (let i = 0; i < context.length; i++) context[i] = (1 - vector.feedback) * heard[i] + vector.feedback * echo[i];
   const contextTensor = new ort.Tensor("float32", context, [C, L, D]);
+  const heardLevel = await level(heard);
+  for (let c = 0; c < C; c++) amplitude[c] = (1 - vector.feedback) * Math.exp(heardLevel[c]) + vector.feedback * amplitude[c];
 
   let x = new Float32Array(C * L * D);
   if (vector.strength <= 0) {
@@ -139,6 +184,13 @@ for (let b = 0; b < vector.blocks; b++) {
         }
       }
       x = next;
+    }
+  }
+  for (let pass = 0; pass < manifest.level.passes; pass++) {
+    const now = await level(x);
+    for (let j = 0; j < x.length; j++) {
+      const c = Math.floor(j / (L * D));
+      x[j] += (Math.log(amplitude[c]) - now[c]) * manifest.level.shift[j % D];
     }
   }
   echo = x;

@@ -31,6 +31,7 @@ from .config import ConfigError, ModelConfig
 # Bump when the latent representation changes: cached training latents are keyed on it.
 CODEC_VERSION = "log-pca-plv-1"
 CODEC_NAME = "codec.safetensors"
+LEVEL_PASSES = 3  # match_level's passes (the basis holds a constant offset only nearly; hosts repeat them too)
 FIT_FRAMES = 200_000  # frames a basis is fitted on at most (evenly spread over the clips)
 
 
@@ -72,7 +73,7 @@ class Codec:
         self.encoder = self.weights.astype(np.float64)[:, None] * self.components.T.astype(np.float64)
         self.decoder = self.components.astype(np.float64) / self.weights.astype(np.float64)
         self._mean64 = self.mean.astype(np.float64)
-        self._level_shift = np.ones(bins) @ self.encoder  # [K]: the latent of a constant log-magnitude offset
+        self.level_shift = np.ones(bins) @ self.encoder  # [K]: the latent of a constant log-magnitude offset
         self.window = sine_window(config.n_fft)  # float64: analysis
         self.synthesis_window = self.window.astype(np.float32)
 
@@ -117,12 +118,12 @@ class Codec:
         log_mag = self.from_latent(latents)
         return 0.5 * np.log(np.mean(np.exp(2.0 * log_mag), axis=(1, 2)))
 
-    def match_level(self, latents: np.ndarray, target: np.ndarray, passes: int = 3) -> np.ndarray:
+    def match_level(self, latents: np.ndarray, target: np.ndarray, passes: int = LEVEL_PASSES) -> np.ndarray:
         """Latents [B, F, K] float32 moved along a constant log-magnitude offset until their ``level`` is
         ``target`` [B] (each pass closes most of the gap: the basis holds the constant only nearly)."""
         for _ in range(passes):
             gap = np.asarray(target, np.float64) - self.level(latents)
-            latents = (latents + gap[:, None, None] * self._level_shift).astype(np.float32)
+            latents = (latents + gap[:, None, None] * self.level_shift).astype(np.float32)
         return latents
 
     # ---- fitting and persistence -------------------------------------------------------------------

@@ -27,9 +27,9 @@ log = logging.getLogger("lmdm")
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = "lmdm-onnx-export"
-MANIFEST_VERSION = 2  # 2: the conditioning input is named cond (it was style)
+MANIFEST_VERSION = 3  # 2: the conditioning input is named cond (it was style); 3: codec_level and the echo's level
 EXPORT_SUBDIR = "onnx"  # a model folder keeps its export here (the shipped default model does)
-GRAPHS = ("denoiser_step", "codec_encode", "codec_decode")
+GRAPHS = ("denoiser_step", "codec_encode", "codec_decode", "codec_level")
 PENDING = "pending_context"  # state entry: clean frames queued for the next step (not a graph input)
 PROVIDERS = ("cpu", "cuda")
 

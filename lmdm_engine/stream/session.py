@@ -2,7 +2,8 @@
 
     host buffer -> sanitise -> resampler to the model rate (the input FIFO: a block is read when complete)
       per block: encode -> context = (1 - feedback) * input + feedback * last echo -> KV cache
-                 next echo = sample(noised delayed context, strength, steps, conditioning) -> decode
+                 next echo = sample(noised delayed context, strength, steps, conditioning)
+                 -> re-levelled to a feedback delay's loudness (_echo_level) -> decode
     -> resample back -> wet FIFO -> wet/dry mix -> host buffer (same length)
 
 The echo of block k plays during block k + 1: the wet path is delayed by one block (the delay time) plus the
@@ -145,6 +146,7 @@ class Session:
         self._next_frames = self._block_frames_for(self.params)
         self._echo = np.zeros((c, self._next_frames, cfg.latent_dim), np.float32)  # echo playing now
         self._played = np.zeros((c, self._next_frames * cfg.hop), np.float32)  # its audio (model rate)
+        self._echo_amplitude = np.zeros(c)  # its loudness (RMS amplitude, _echo_level)
         self._to_model = Resampler(self.sample_rate, cfg.sample_rate, c)  # also the input FIFO
         self._to_host = Resampler(cfg.sample_rate, self.sample_rate, c)
         self._wet_padding = wet_padding(self.sample_rate, cfg.sample_rate)
@@ -195,6 +197,14 @@ class Session:
         self._mix = float(ramp[-1])
         return ramp.astype(np.float32)
 
+    def _echo_level(self, heard: np.ndarray, feedback: float) -> np.ndarray:
+        """The loudness [C] the next echo is re-levelled to: a feedback delay's, RMS amplitude (1 - feedback) times
+        the block just heard's plus feedback times the echo before's (a steady input is echoed at its own level, a
+        tail decays by ``feedback`` a block; jam mode passes 0). The model alone answers 3.5 to 14.7 dB under its
+        input; re-levelled, within 1.2 dB for all but two presets, and closer to real audio (docs/SOUND.md)."""
+        self._echo_amplitude = (1.0 - feedback) * np.exp(self._stream.level(heard)) + feedback * self._echo_amplitude
+        return np.log(self._echo_amplitude)
+
     def _process_block(self, block: np.ndarray) -> np.ndarray:
         """One model block in (model rate), the next echo (or jam) block out (model rate)."""
         p, cfg = self.params, self.config
@@ -215,8 +225,9 @@ class Session:
         start = np.zeros_like(self._context[:, -frames:]) if jam else self._context[:, -frames:]
         shape = (1, frames, cfg.latent_dim)  # shared noise across channels keeps the echo's stereo image
         noise = lambda x: np.broadcast_to(self._rng.standard_normal(shape, np.float32), x.shape)
+        level = self._echo_level(heard, 0.0 if jam else p.feedback)
         echo = self._stream.step(start, self._fade.next(), noise, strength=1.0 if jam else p.strength, steps=p.steps,
-                                 sampler=p.sampler, guidance=p.guidance)
+                                 sampler=p.sampler, guidance=p.guidance, level=level)
         self._echo = np.asarray(echo, np.float32)
         self._next_frames = frames
         self.blocks_processed += 1
