@@ -129,9 +129,11 @@ def test_unknown_mode(tmp_path):
 def test_prompt_guidance_and_mode_defaults_and_new_presets():
     plain = preset_from_dict({"name": "x"})
     assert (plain.prompt, plain.guidance, plain.mode) == ("", 1.0, "delay")
-    for name in ("tape_echo", "glass_bells", "hall_bells"):  # the old presets: no prompt, no guidance
+    tape = load_preset("tape_echo")  # the plain preset: no prompt, no guidance
+    assert (tape.prompt, tape.guidance, tape.mode) == ("", 1.0, "delay")
+    for name in ("glass_bells", "hall_bells"):  # re-tuned after level following: guided, still no prompt
         p = load_preset(name)
-        assert (p.prompt, p.guidance, p.mode) == ("", 1.0, "delay")
+        assert (p.prompt, p.mode) == ("", "delay") and p.guidance > 1.0
     jam, bells = load_preset("jam_drums"), load_preset("prompted_bells")
     assert jam.mode == "jam" and jam.prompt and jam.style == {"drums": 1.0}
     assert bells.mode == "delay" and bells.prompt and bells.guidance > 1.0

@@ -28,6 +28,7 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -73,6 +74,30 @@ class Interrupted(BaseException):
 def raise_interrupted(signum, frame) -> None:
     """A signal handler: ``signal.signal(signal.SIGTERM, raise_interrupted)``."""
     raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def signals_noted() -> Iterator[list[int]]:
+    """While a run's loop waits on its workers, SIGINT and SIGTERM are only noted, and the loop raises them between
+    waits (``raise_noted``): an exception raised in a handler can be swallowed where it lands (Ray's wait turns it
+    into a SystemError; a finalizer prints and drops it), and the run would then go on."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def raise_noted(caught: list[int]) -> None:
+    """Raise the first signal ``signals_noted`` caught: KeyboardInterrupt for SIGINT, Interrupted for SIGTERM."""
+    if caught:
+        raise KeyboardInterrupt if caught[0] == signal.SIGINT else Interrupted(signal.Signals(caught[0]).name)
 
 
 @dataclass(frozen=True)
@@ -594,26 +619,29 @@ def _run_in_processes(jobs: list[Job], settings: BatchSettings, workers: int,
 
     finished = False
     try:
-        for worker in range(workers):
-            start(worker)
-        while any(w.job is not None for w in pool.values()):
-            for kind, worker, payload in list(receive()):
-                w = pool[worker]
-                if kind == "advance" and w.job is not None:
-                    display.advance(w.job, payload)
-                elif kind == "result" and w.job is not None and payload.source == str(w.job.source):
-                    display.finish(w.job)
-                    assign(worker)
-                    yield payload
-            for worker, w in list(pool.items()):
-                if w.job is not None and not w.process.is_alive():  # a crash in a decoder or a plugin
-                    job = w.job
-                    discard_stale_partials([job])
-                    display.finish(job)
-                    w.events.close()
-                    start(worker)
-                    yield FileResult.failed(job.source, job.output, "the worker process died "
-                                            f"(exit code {w.process.exitcode}) while processing this file")
+        with signals_noted() as caught:  # raised between waits, so a stop is never lost inside a finalizer
+            for worker in range(workers):
+                start(worker)
+            while any(w.job is not None for w in pool.values()):
+                messages = list(receive())
+                raise_noted(caught)
+                for kind, worker, payload in messages:
+                    w = pool[worker]
+                    if kind == "advance" and w.job is not None:
+                        display.advance(w.job, payload)
+                    elif kind == "result" and w.job is not None and payload.source == str(w.job.source):
+                        display.finish(w.job)
+                        assign(worker)
+                        yield payload
+                for worker, w in list(pool.items()):
+                    if w.job is not None and not w.process.is_alive():  # a crash in a decoder or a plugin
+                        job = w.job
+                        discard_stale_partials([job])
+                        display.finish(job)
+                        w.events.close()
+                        start(worker)
+                        yield FileResult.failed(job.source, job.output, "the worker process died "
+                                                f"(exit code {w.process.exitcode}) while processing this file")
         finished = True
     finally:
         for w in pool.values():

@@ -46,7 +46,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .batch import (PROGRESS_INTERVAL_SECONDS, WORKER_STOP_SECONDS, BatchSettings, FileProcessor, FileResult,
-                    Interrupted, Job, ProgressDisplay, discard_stale_partials)
+                    Job, ProgressDisplay, discard_stale_partials, raise_noted, signals_noted)
 
 try:
     import ray
@@ -246,28 +246,11 @@ class RayRun:
         if not jobs:
             return
         pool = _Pool(self, jobs)
-        with _signals_noted() as caught:  # a second Ctrl-C while stopping is noted too, and changes nothing
+        with signals_noted() as caught:  # a second Ctrl-C while stopping is noted too, and changes nothing
             try:
                 yield from pool.results(caught)
             finally:
                 pool.stop()
-
-
-@contextlib.contextmanager
-def _signals_noted() -> Iterator[list[int]]:
-    """While the run waits on Ray, SIGINT and SIGTERM are only noted (Ray's wait turns an exception raised in a
-    signal handler into a SystemError); the loop raises them between waits."""
-    caught: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield caught
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 class _Pool:
@@ -303,8 +286,7 @@ class _Pool:
                 return
             waiting = {a.waiting_on: a for a in self.actors if a.waiting_on is not None}
             done, _ = ray.wait(list(waiting), num_returns=1, timeout=PROGRESS_INTERVAL_SECONDS)
-            if caught:
-                raise KeyboardInterrupt if caught[0] == signal.SIGINT else Interrupted(signal.Signals(caught[0]).name)
+            raise_noted(caught)
             for ref in done:
                 actor = waiting[ref]
                 if actor.ready is not None:
