@@ -46,7 +46,7 @@ HOST_LOOP = """\
 for each block of L * hop samples `audio` [B, L*hop]:
     heard, enc_state = codec_encode(audio, enc_state)                     # [B, L, D] model-space latents
     context = (1 - feedback) * heard + feedback * echo                    # echo: the previous block's output (zeros at first)
-    amplitude = (1 - feedback) * exp(codec_level(heard)) + feedback * amplitude   # jam mode: feedback 0 here
+    amplitude = max(exp(codec_level(heard)), feedback * amplitude)         # per row; jam mode: feedback 0 here
     delayed = context                                                     # the last L frames of the context stream
     times = [shift * u / (1 + (shift - 1) * u) for u = strength * (1 - i / steps), i = 0..steps]
     x = (1 - strength) * delayed + strength * noise()                     # one noise draw [L, D], shared by channels
@@ -181,10 +181,10 @@ def build_manifest(config: ModelConfig, codec: Codec, latent_scale: np.ndarray, 
         "presets": {p.name: {**p.to_dict(), "cond_vector": _preset_vector(config, p)}
                     for p in list_presets()},
         "level": {
-            "doc": "the echo is re-levelled to a feedback delay's loudness: RMS amplitude (1 - feedback) times the "
-                   "block heard plus feedback times the echo before (a steady input echoes at its own level, a tail "
-                   "decays by feedback a block); shift: the model-space direction of a constant log-magnitude "
-                   "offset, each pass closes most of the gap (see the host loop)",
+            "doc": "the echo is re-levelled to a feedback delay's loudness: RMS amplitude the larger of the block "
+                   "heard's and feedback times the echo before's (a phrase echoes at its own level from its first "
+                   "block, a tail decays by feedback a block); shift: the model-space direction of a constant "
+                   "log-magnitude offset, each pass closes most of the gap (see the host loop)",
             "passes": LEVEL_PASSES,
             "shift": [float(v) for v in codec.level_shift / latent_scale],
         },

@@ -68,6 +68,33 @@ def test_rollout_equals_the_inference_rollout(sampler, monkeypatch):
     assert len(calls) == 2 + 3 * 2 + 3  # context blocks, 2 velocity steps per block, each block appended
 
 
+def test_a_level_following_rollout_equals_the_inference_rollout_and_keeps_its_gradient():
+    """With the codec (``rollout_level``), each training block is re-levelled as evaluate.rollout's follow_level
+    re-levels it, to the context's last block, and the shift leaves the gradient through a block as it was."""
+    model = random_model(seed=2)
+    cfg, codec = model.config, codec_for(model)
+    rng = np.random.default_rng(0)
+    context = rng.standard_normal((2, 2 * cfg.block_frames, cfg.latent_dim)).astype(np.float32)  # model space
+    cond = np.eye(2, cfg.cond_dim, dtype=np.float32)
+    scale = model.latent_scale.numpy()
+    expected = rollout(debug_torch_runtime(model), context * scale, 3, cfg.block_frames, 2, "pingpong", cond, seed=5)
+    got = self_rollout(model, torch.from_numpy(context), torch.from_numpy(cond), 3, "pingpong", lambda: 2,
+                       numpy_noise(5), codec)
+    np.testing.assert_allclose(got.detach().reshape(2, -1, cfg.latent_dim).numpy(), expected / scale,
+                               rtol=1e-4, atol=1e-4)
+    target = codec.level(context[:, -cfg.block_frames:] * scale)
+    for j in range(3):
+        np.testing.assert_allclose(codec.level(got[:, j].detach().numpy() * scale), target, atol=1e-3)
+    plain = self_rollout(model, torch.from_numpy(context), torch.from_numpy(cond), 3, "pingpong", lambda: 2,
+                         numpy_noise(5))
+    assert not np.allclose(plain.detach().numpy(), got.detach().numpy(), atol=1e-3)  # the level did move them
+    # the first block follows the same cache with or without the level: its shift is a constant, its gradient the same
+    params = list(model.parameters())
+    for g, w in zip(torch.autograd.grad(got[:, 0].sum(), params), torch.autograd.grad(plain[:, 0].sum(), params)):
+        torch.testing.assert_close(g, w)
+    assert got.requires_grad
+
+
 def test_gradients_flow_only_through_the_last_step_of_each_block(monkeypatch):
     model = random_model(seed=2)
     cfg = model.config
@@ -188,9 +215,10 @@ def test_cli_passes_the_arc_options(tmp_path, monkeypatch):
     args = cli.build_parser().parse_args(
         ["train", "--stage", "arc-forcing", "-o", str(tmp_path), "--init", str(tmp_path), "--data", str(tmp_path),
          "--lr", "1e-5", "--disc-lr", "2e-4", "--rollout-blocks", "12", "--max-sampling-steps", "2",
-         "--disc-context-blocks", "0", "--contrastive-weight", "0.5"])
+         "--disc-context-blocks", "0", "--contrastive-weight", "0.5", "--rollout-level"])
     assert cmd_train(args) == 0
     o = seen["options"]
     assert (o.stage, o.lr, o.disc_lr, o.rollout_blocks, o.max_sampling_steps, o.disc_context_blocks,
-            o.contrastive_weight) == ("arc-forcing", 1e-5, 2e-4, 12, 2, 0, 0.5)
+            o.contrastive_weight, o.rollout_level) == ("arc-forcing", 1e-5, 2e-4, 12, 2, 0, 0.5, True)
     assert o.disc_layer == TrainOptions.disc_layer and o.sampler == TrainOptions.sampler  # not given: defaults
+    assert not TrainOptions.rollout_level  # runs from before it kept their rollouts

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lmdm_engine.core.codec import (CODEC_NAME, Codec, StreamingCodec, decode_clip, encode_clip, frame_spectra,
-                               peak_locked_phases)
+from lmdm_engine.core.codec import (CODEC_NAME, LEVEL_PASSES, Codec, StreamingCodec, decode_clip, encode_clip,
+                                    frame_spectra, peak_locked_phases)
 from lmdm_engine.core.config import ConfigError, ModelConfig, debug_config
 from lmdm_engine.core.metrics import harmonicity, pitch_kept, snr_db
 
@@ -138,3 +138,22 @@ def test_shape_errors():
         stream.decode(np.zeros((2, 3, cfg.latent_dim + 1), np.float32))
     with pytest.raises(ConfigError, match="does not fit"):
         Codec(debug_config(latent_size=8), codec.mean, codec.components, codec.weights)
+
+
+def test_match_level_is_the_hosts_loop_of_level_on_shifted_latents():
+    """One basis product and the shift's image in each pass equal what an ONNX host does (``level`` on the shifted
+    float32 latents, ``LEVEL_PASSES`` times), clipped bins included; the level lands on its target."""
+    codec = debug_codec()
+    rng = np.random.default_rng(0)
+    latents = (rng.standard_normal((3, 7, codec.config.latent_size)) * 4).astype(np.float32)
+    latents[2] -= 40 * codec.level_shift.astype(np.float32)  # far below the floor: most bins clip at log_range
+    target = np.array([-2.0, 0.5, -1.0])
+    hosts = latents
+    for _ in range(LEVEL_PASSES):
+        hosts = (hosts + (target - codec.level(hosts))[:, None, None] * codec.level_shift).astype(np.float32)
+    got = codec.match_level(latents, target)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, hosts, atol=1e-4)
+    np.testing.assert_allclose(codec.level(got), codec.level(hosts), atol=1e-5)
+    np.testing.assert_allclose(codec.level(got)[:2], target[:2], atol=0.05)  # the debug basis holds a constant loosely
+    assert np.abs(codec.level(got)[:2] - target[:2]).max() < np.abs(codec.level(latents)[:2] - target[:2]).min() / 10

@@ -374,8 +374,9 @@ def test_jam_ignores_strength_and_feedback_and_can_start_mid_stream(jam_runtime)
 
 @pytest.mark.parametrize("feedback", [0.0, 0.5])
 def test_the_echo_plays_at_a_feedback_delays_level(debug_runtime, feedback):
-    """Loud, then 20 dB quieter, then silence: each block's echo is as loud as (1 - feedback) times the block it
-    echoes plus feedback times the echo before (RMS amplitude), and the tail decays by ``feedback`` a block."""
+    """Loud, then 20 dB quieter, then silence: each block's echo is as loud as the larger of the block it echoes and
+    feedback times the echo before (RMS amplitude): the first echo at the input's level, and the loud phrase's tail
+    decays by ``feedback`` a block, under the quiet one and into the silence."""
     cfg = debug_runtime.config
     rate = cfg.sample_rate  # no resampling: a block of input is a block of echo
     session = Session(debug_runtime, rate, 1, preset_params("tape_echo", delay_seconds=0.1, strength=0.6,
@@ -388,7 +389,7 @@ def test_the_echo_plays_at_a_feedback_delays_level(debug_runtime, feedback):
     expected, got = [], []
     amplitude = 0.0
     for k in range(18):
-        amplitude = (1 - feedback) * np.sqrt(np.mean(audio[0, k * block:(k + 1) * block] ** 2)) + feedback * amplitude
+        amplitude = max(np.sqrt(np.mean(audio[0, k * block:(k + 1) * block] ** 2)), feedback * amplitude)
         expected.append(20 * np.log10(amplitude + 1e-12))
         got.append(20 * np.log10(np.sqrt(np.mean(wet[k * block:(k + 1) * block] ** 2)) + 1e-12))
     expected, got = np.array(expected), np.array(got)

@@ -159,7 +159,7 @@ for (let b = 0; b < vector.blocks; b++) {
   for (let i = 0; i < context.length; i++) context[i] = (1 - vector.feedback) * heard[i] + vector.feedback * echo[i];
   const contextTensor = new ort.Tensor("float32", context, [C, L, D]);
   const heardLevel = await level(heard);
-  for (let c = 0; c < C; c++) amplitude[c] = (1 - vector.feedback) * Math.exp(heardLevel[c]) + vector.feedback * amplitude[c];
+  for (let c = 0; c < C; c++) amplitude[c] = Math.max(Math.exp(heardLevel[c]), vector.feedback * amplitude[c]);
 
   let x = new Float32Array(C * L * D);
   if (vector.strength <= 0) {

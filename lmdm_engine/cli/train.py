@@ -26,7 +26,7 @@ def _ensure_data(args) -> Path:
 # TrainOptions fields the train command passes on only when given (otherwise TrainOptions' defaults hold)
 OPTIONAL_TRAIN_OPTIONS = ("threads", "ema_decay", "rollout_blocks", "max_sampling_steps", "sampler", "disc_lr",
                           "disc_layer", "disc_context_blocks", "contrastive_weight", "text_dropout", "style_dropout",
-                          "jam_fraction")
+                          "jam_fraction", "rollout_level")
 
 
 def cmd_train(args) -> int:
@@ -136,6 +136,9 @@ def add_train_parser(subparsers) -> None:
                      help="DiT blocks the discriminator's backbone keeps (0: half the depth)")
     arc.add_argument("--disc-context-blocks", type=int, default=None,
                      help="clean blocks of the stream the discriminator sees before each block it scores")
+    arc.add_argument("--rollout-level", action="store_true", default=None,
+                     help="re-level each self-rollout block to the context's last block, as rollouts at inference do "
+                          "(LatentStream.step's level)")
     arc.add_argument("--contrastive-weight", type=float, default=None,
                      help="weight of the mismatched-style contrastive term in the discriminator loss")
     p.set_defaults(func=cmd_train)

@@ -74,6 +74,7 @@ class Codec:
         self.decoder = self.components.astype(np.float64) / self.weights.astype(np.float64)
         self._mean64 = self.mean.astype(np.float64)
         self.level_shift = np.ones(bins) @ self.encoder  # [K]: the latent of a constant log-magnitude offset
+        self._shift_image = self.level_shift @ self.decoder  # [bins]: what that latent decodes to (nearly ones)
         self.window = sine_window(config.n_fft)  # float64: analysis
         self.synthesis_window = self.window.astype(np.float32)
 
@@ -115,16 +116,20 @@ class Codec:
 
     def level(self, latents: np.ndarray) -> np.ndarray:
         """Loudness of latent frames [B, F, K]: the log (natural) RMS magnitude over their frames and bins, [B]."""
-        log_mag = self.from_latent(latents)
-        return 0.5 * np.log(np.mean(np.exp(2.0 * log_mag), axis=(1, 2)))
+        return _log_rms(self.from_latent(latents))
 
     def match_level(self, latents: np.ndarray, target: np.ndarray, passes: int = LEVEL_PASSES) -> np.ndarray:
         """Latents [B, F, K] float32 moved along a constant log-magnitude offset until their ``level`` is
-        ``target`` [B] (each pass closes most of the gap: the basis holds the constant only nearly)."""
+        ``target`` [B] (each pass closes most of the gap: the basis holds the constant only nearly). The shift is
+        linear before the clip to ``log_range``, so the basis product runs once and each pass moves its result by
+        the shift's own image (what a host repeating ``level`` on shifted latents computes, to float rounding)."""
+        latents = np.asarray(latents, np.float32)
+        unclipped = np.asarray(latents, np.float64) @ self.decoder + self._mean64  # [B, F, bins]
+        shift = np.zeros(latents.shape[0])
         for _ in range(passes):
-            gap = np.asarray(target, np.float64) - self.level(latents)
-            latents = (latents + gap[:, None, None] * self.level_shift).astype(np.float32)
-        return latents
+            moved = np.clip(unclipped + shift[:, None, None] * self._shift_image, *self.log_range)
+            shift += np.asarray(target, np.float64) - _log_rms(moved)
+        return (latents + shift[:, None, None] * self.level_shift).astype(np.float32)
 
     # ---- fitting and persistence -------------------------------------------------------------------
     @classmethod
@@ -189,6 +194,11 @@ class Codec:
                 return cls(config, *(f.get_tensor(name) for name in ("mean", "components", "weights")), level)
         except (SafetensorError, OSError, KeyError) as e:
             raise ConfigError(f"{path}: not a readable codec basis ({e})") from None
+
+
+def _log_rms(log_mag: np.ndarray) -> np.ndarray:
+    """The log RMS magnitude [B] of log-magnitudes [B, F, bins] over their frames and bins."""
+    return 0.5 * np.log(np.mean(np.exp(2.0 * log_mag), axis=(1, 2)))
 
 
 def peak_locked_phases(log_mag: np.ndarray, psi: np.ndarray, omega: np.ndarray, hop: int, n_fft: int):

@@ -88,18 +88,30 @@ class LatentStream:
 
     def level(self, frames) -> np.ndarray:
         """The loudness [B] of frames [B, n, D] (model space; ``Codec.level``), for ``step(level=...)``."""
-        return self.runtime.codec.level(np.asarray(frames, np.float32) * self.runtime.latent_scale)
+        return self.runtime.codec.level(_numpy(frames) * _numpy(self.runtime.latent_scale))
 
     def step(self, start, cond, noise: Callable, *, strength: float = 1.0, steps: int, sampler: str,
              guidance: float = 1.0, early_steps: Callable = contextlib.nullcontext, level=None):
         """The next block sampled against the cache (see :func:`generate_block`); the cache is not changed.
 
         ``level`` [B] (from :meth:`level`: the block it continues, or the one it re-generates) re-levels the block
-        to it (numpy only): the model alone regresses to a quiet average (continuations 7.6 dB under the real ones,
-        log-mel Fréchet distance 236; re-levelled to the context's last block: 93, docs/SOUND.md)."""
+        to it: the model alone regresses to a quiet average (continuations 7.6 dB under the real ones, log-mel
+        Fréchet distance 236; re-levelled to the context's last block: 93, docs/SOUND.md). On torch tensors
+        (ARC-Forcing's rollout) the shift is found on a detached copy and added, so gradients pass through it."""
         block = generate_block(self.runtime, self.state, start, strength, steps, sampler, cond, noise, guidance,
                                early_steps)
         if level is None:
             return block
-        scale = self.runtime.latent_scale
-        return self.runtime.codec.match_level(np.asarray(block, np.float32) * scale, level) / scale
+        scale = _numpy(self.runtime.latent_scale)
+        held = _numpy(block)
+        moved = self.runtime.codec.match_level(held * scale, level) / scale
+        if isinstance(block, np.ndarray):
+            return moved
+        return block + block.new_tensor(moved - held)
+
+
+def _numpy(a) -> np.ndarray:
+    """float32 numpy of an array or a (detached, CPU) torch tensor."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, np.float32)

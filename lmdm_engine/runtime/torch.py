@@ -19,10 +19,11 @@ class TensorRuntime:
 
     name = "torch-tensors"
 
-    def __init__(self, model: Denoiser):
+    def __init__(self, model: Denoiser, codec: Codec | None = None):
         self.model = model
         self.config = model.config
         self.latent_scale = model.latent_scale
+        self.codec = codec  # for LatentStream's level following (ARC-Forcing's rollout_level)
 
     def new_state(self, batch: int) -> dict:
         return self.model.empty_cache(batch)
@@ -53,9 +54,8 @@ class TorchRuntime(TensorRuntime):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        super().__init__(model.to(self.device).eval())
+        super().__init__(model.to(self.device).eval(), codec)
         self.latent_scale = model.latent_scale.detach().cpu().numpy().astype(np.float32)
-        self.codec = codec
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | None = None) -> "TorchRuntime":

@@ -79,6 +79,11 @@ class Session:
         self._latent_scale = runtime.latent_scale[None, None, :]
         self.reset()
 
+    @property
+    def echo_latents(self) -> np.ndarray:
+        """The latents [channels, frames, latent_dim] (model space) of the echo playing now: the last block's."""
+        return self._echo.copy()
+
     # ---- parameters -----------------------------------------------------------------------------
     def _block_frames_for(self, params: SessionParams) -> int:
         cfg = self.config
@@ -198,11 +203,11 @@ class Session:
         return ramp.astype(np.float32)
 
     def _echo_level(self, heard: np.ndarray, feedback: float) -> np.ndarray:
-        """The loudness [C] the next echo is re-levelled to: a feedback delay's, RMS amplitude (1 - feedback) times
-        the block just heard's plus feedback times the echo before's (a steady input is echoed at its own level, a
-        tail decays by ``feedback`` a block; jam mode passes 0). The model alone answers 3.5 to 14.7 dB under its
-        input; re-levelled, within 1.2 dB for all but two presets, and closer to real audio (docs/SOUND.md)."""
-        self._echo_amplitude = (1.0 - feedback) * np.exp(self._stream.level(heard)) + feedback * self._echo_amplitude
+        """The loudness [C] the next echo is re-levelled to, a feedback delay's: RMS amplitude the larger of the block
+        just heard's and feedback times the echo before's (each phrase is echoed at its own level from its first
+        block, a tail decays by ``feedback`` a block; jam mode passes 0). The model alone answers 3.5 to 14.7 dB
+        under its input; re-levelled, within 3 dB for every preset, and closer to real audio (docs/SOUND.md)."""
+        self._echo_amplitude = np.maximum(np.exp(self._stream.level(heard)), feedback * self._echo_amplitude)
         return np.log(self._echo_amplitude)
 
     def _process_block(self, block: np.ndarray) -> np.ndarray:

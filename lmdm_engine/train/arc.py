@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmdm_engine.core.codec import Codec
 from lmdm_engine.core.model import Denoiser
 from lmdm_engine.runtime.latent_stream import LatentStream
 from lmdm_engine.runtime.torch import TensorRuntime
@@ -63,21 +64,24 @@ class Discriminator(nn.Module):
 
 
 def self_rollout(model: Denoiser, context: torch.Tensor, cond: torch.Tensor, blocks: int, sampler: str,
-                 draw_steps: Callable[[], int], noise: Callable) -> torch.Tensor:
+                 draw_steps: Callable[[], int], noise: Callable, codec: Codec | None = None) -> torch.Tensor:
     """Stream ``blocks`` blocks of ``config.block_frames`` after the clean ``context`` [B, F, D] (model space).
 
     A ``LatentStream`` on the model's tensors warms up on the context, then generates each block from noise
     (strength 1) with ``draw_steps()`` steps of ``sampler`` and appends it: the stream the evaluation rollout runs
     through a runtime. Every step but the last runs without gradient, and the cache is built without gradient.
+    With ``codec`` each block is re-levelled to the context's last block, as the evaluation rollout does.
     Returns the blocks [B, blocks, L, D], each differentiable through its last sampling step only.
     """
     length = model.config.block_frames
-    stream = LatentStream(TensorRuntime(model), context.shape[0])
+    stream = LatentStream(TensorRuntime(model, codec), context.shape[0])
     stream.warm(context, length)
+    level = stream.level(context[:, -length:]) if codec is not None else None
     zeros = context.new_zeros(context.shape[0], length, context.shape[2])
     out = []
     for _ in range(blocks):
-        block = stream.step(zeros, cond, noise, steps=draw_steps(), sampler=sampler, early_steps=torch.no_grad)
+        block = stream.step(zeros, cond, noise, steps=draw_steps(), sampler=sampler, early_steps=torch.no_grad,
+                            level=level)
         stream.append(block)
         out.append(block)
     return torch.stack(out, 1)
@@ -96,8 +100,12 @@ class ArcForcing:
     per training step. ``step`` returns the losses: ``g_loss``, ``d_loss`` (relativistic part) and
     ``contrastive``."""
 
-    def __init__(self, model: Denoiser, clips: LatentClips, options: TrainOptions, generator: torch.Generator):
+    def __init__(self, model: Denoiser, clips: LatentClips, options: TrainOptions, generator: torch.Generator,
+                 codec: Codec | None = None):
+        if options.rollout_level and codec is None:
+            raise ValueError("rollout_level needs the model's codec")
         self.model, self.options, self.generator = model, options, generator
+        self.codec = codec if options.rollout_level else None
         self.batcher = RolloutBatcher(clips, model.config, options, model.latent_scale.cpu().numpy())
         with torch.random.fork_rng():  # the head's initial weights follow options.seed, whatever ran before
             torch.manual_seed(options.seed)
@@ -128,7 +136,8 @@ class ArcForcing:
         real_context, real = real[:, :seen * length], real[:, seen * length:]
         cond = torch.from_numpy(batch["cond"]).to(dev)
         block_cond = cond.repeat_interleave(o.rollout_blocks, 0)  # [B, S] -> [B N, S], the order of flatten(0, 1)
-        fake = self_rollout(self.model, context, cond, o.rollout_blocks, o.sampler, self._draw_steps, self._noise)
+        fake = self_rollout(self.model, context, cond, o.rollout_blocks, o.sampler, self._draw_steps, self._noise,
+                            self.codec)
         stream = torch.cat([context, fake.detach().flatten(1, 2)], 1)  # [B, C + N L, D]
         # the stream before each generated block: [B, N, seen L, D] -> [B N, seen L, D]
         fake_context = torch.stack([stream[:, c + j * length - seen * length:c + j * length]

@@ -92,7 +92,10 @@ def train(out_dir: str | Path, data: str | Path, options: TrainOptions, config: 
     model.to(dev).train()
     ema.to(dev).eval()
     generator = torch.Generator().manual_seed(options.seed)
-    stage = (ArcForcing if options.stage == "arc-forcing" else FlowMatching)(model, clips, options, generator)
+    if options.stage == "arc-forcing":
+        stage = ArcForcing(model, clips, options, generator, codec)
+    else:
+        stage = FlowMatching(model, clips, options, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay,
                                   betas=(0.9, 0.99))
     step, elapsed = 0, 0.0

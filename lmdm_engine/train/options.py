@@ -44,6 +44,7 @@ class TrainOptions:
     disc_layer: int = 0  # the discriminator reads the hidden state after this many DiT blocks; 0 = depth // 2
     disc_context_blocks: int = 1  # clean blocks of the stream the discriminator sees before each scored block
     contrastive_weight: float = 1.0
+    rollout_level: bool = False  # each rollout block re-levelled to its context's last block, as inference does
 
 
 # ---- resumable state (safetensors + JSON) -----------------------------------------------------------
