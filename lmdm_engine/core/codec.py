@@ -123,12 +123,12 @@ class Codec:
         ``target`` [B] (each pass closes most of the gap: the basis holds the constant only nearly). The shift is
         linear before the clip to ``log_range``, so the basis product runs once and each pass moves its result by
         the shift's own image (what a host repeating ``level`` on shifted latents computes, to float rounding)."""
-        latents = np.asarray(latents, np.float32)
+        latents, target = np.asarray(latents, np.float32), np.asarray(target, np.float64)
         unclipped = np.asarray(latents, np.float64) @ self.decoder + self._mean64  # [B, F, bins]
         shift = np.zeros(latents.shape[0])
         for _ in range(passes):
             moved = np.clip(unclipped + shift[:, None, None] * self._shift_image, *self.log_range)
-            shift += np.asarray(target, np.float64) - _log_rms(moved)
+            shift += target - _log_rms(moved)
         return (latents + shift[:, None, None] * self.level_shift).astype(np.float32)
 
     # ---- fitting and persistence -------------------------------------------------------------------
