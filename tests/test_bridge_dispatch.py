@@ -366,17 +366,22 @@ def test_a_non_ascii_cookie_is_refused_like_a_bad_one_without_a_traceback(debug_
 
 
 class FailingSendPeer(FakePeer):
-    """Fails to send the first audio reply (``threadsafe``: from the worker thread, else from the event loop)."""
+    """Fails to send the first ``failures`` audio replies (``threadsafe``: from the worker thread, else from the event
+    loop)."""
 
-    def __init__(self, threadsafe: bool):
+    def __init__(self, threadsafe: bool, failures: int = 1):
         super().__init__()
         self.threadsafe_sends = threadsafe
-        self.failed = False
+        self.failures = failures
+
+    @property
+    def failed(self) -> bool:
+        return self.failures == 0
 
     def send_audio(self, session, seq, audio, flags):
-        if not self.failed:
-            self.failed = True
-            raise OSError("simulated send failure")
+        if self.failures:
+            self.failures -= 1
+            raise OSError(f"simulated send failure of block {seq}")
         super().send_audio(session, seq, audio, flags)
 
 
@@ -399,3 +404,26 @@ def test_a_reply_that_fails_to_send_gives_its_quota_back(debug_runtime, threadsa
     assert total == (0, 0, 1)  # the session is open, and the failed block holds nothing back
     assert [r.seq for r in peer.audio()] == [1]
     assert any("simulated send failure" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+def test_replies_that_fail_to_send_while_blocks_expire_settle_every_block(debug_runtime, caplog):
+    """Back-pressure answers several blocks late in one go; a send failing among them loses that reply only: the
+    other blocks are answered, every block gives its quota back, and nothing is raised into the packet handler."""
+    slow = SlowRuntime(debug_runtime, 0.03)
+    x = stereo_noise(10 * BLOCK)
+    peer = FailingSendPeer(threadsafe=False, failures=3)
+
+    async def scenario(bridge):
+        bridge.handle_packet(open_packet("s", "deadline_ms", 0), peer)
+        for seq in range(10):
+            bridge.handle_packet(block_packet("s", seq, x[:, seq * BLOCK:(seq + 1) * BLOCK]), peer)
+        total = bridge.quotas.total
+        await until(lambda: len(peer.audio()) == 7 and total.queued == 0)
+        return total.bytes, total.queued, bridge.status()["unsent"]
+
+    with caplog.at_level("ERROR", logger="lmdm_bridge"):
+        total_bytes, queued, unsent = run_bridge(slow, scenario, max_queued_blocks=2)
+    assert (total_bytes, queued, unsent) == (0, 0, 3)
+    assert [r.seq for r in peer.audio()] == list(range(3, 10))
+    assert [r.exc_info[1].args[0] for r in caplog.records if r.exc_info] == [
+        f"simulated send failure of block {seq}" for seq in range(3)]

@@ -56,6 +56,9 @@ from .workers import Workers
 
 log = logging.getLogger("lmdm_bridge")
 
+# a session's block counts (its close reply; status adds them up): unsent are replies the transport failed to send
+SESSION_COUNTS = ("blocks", "processed", "late", "unsent", "concealed", "lost", "bad_input", "restarts",
+                  "engine_errors")
 _LOST = object()  # queue marker: a block of which nothing arrived
 _CLOSE = object()  # queue marker: answer what is queued, then close
 # other queue items: PendingBlock, or a _Control
@@ -327,13 +330,10 @@ class HostedSession:
         self._settle(self._ledger.expire_through(block))
 
     def _answer(self, block: PendingBlock, audio: np.ndarray, flags: BlockFlag) -> None:
-        """Answer a block from the event loop (unless a worker answered it meanwhile); settled even when sending its
-        reply fails (it counts as answered then)."""
-        try:
-            self._ledger.answer(block, audio, flags)
-        finally:
-            if block.answered:
-                self._settle([block])
+        """Answer a block from the event loop (unless a worker answered it meanwhile) and settle it."""
+        self._ledger.answer(block, audio, flags)
+        if block.answered:
+            self._settle([block])
 
     def _settle(self, blocks: list[PendingBlock]) -> None:
         """On the loop, once blocks are answered (from here or a worker): their timers, their quota (and the audio
@@ -510,8 +510,7 @@ class HostedSession:
         return self._applied.name
 
     def summary(self) -> dict:
-        return {key: self.counts[key] for key in ("blocks", "processed", "late", "concealed", "lost", "bad_input",
-                                                  "restarts", "engine_errors")}
+        return {key: self.counts[key] for key in SESSION_COUNTS}
 
     def _cancel_timers(self) -> None:
         if self._assembly_timer is not None:

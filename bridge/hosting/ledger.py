@@ -62,16 +62,12 @@ class ReplyLedger:
 
     def answer_processed(self, block: PendingBlock, out: np.ndarray, flags: BlockFlag) -> None:
         """From the worker thread, as soon as the block is processed: its reply leaves from there (one thread
-        hand-off less than going back through the event loop), unless its deadline passed first. Never raises into
-        the worker: the loop answers the block if it is still unanswered."""
-        try:
-            with self._lock:
-                if block.answered or self._stopped:
-                    return
-                self._send(block, block.reply_audio(out), flags)
-                block.processed = True
-        except Exception:
-            log.exception("session %r: failed to send the reply to block %d", self.session, block.seq)
+        hand-off less than going back through the event loop), unless its deadline passed first."""
+        with self._lock:
+            if block.answered or self._stopped:
+                return
+            self._send(block, block.reply_audio(out), flags)
+            block.processed = True
 
     def expire_through(self, block: PendingBlock) -> list[PendingBlock]:
         """Answer, dry and late, every block up to this one that is still unanswered; returns those answered."""
@@ -111,11 +107,17 @@ class ReplyLedger:
             self._stopped = True
 
     def _send(self, block: PendingBlock, audio: np.ndarray, flags: BlockFlag) -> None:
-        """Send a block's reply (with the lock held)."""
+        """Send a block's reply (with the lock held). A reply the transport fails to send is logged and counted
+        (``unsent``) and the block still counts as answered: never raised, so a worker, or a loop answering several
+        blocks at once, answers and settles every other block."""
         assert self._waiting and self._waiting[0] is block, "replies must leave in sequence order"
         self._waiting.popleft()
         block.answered = True
         flags |= block.flags
         if flags & BlockFlag.LATE:
             self.counts["late"] += 1
-        self.peer.send_audio(self.session, block.seq, audio, int(flags))
+        try:
+            self.peer.send_audio(self.session, block.seq, audio, int(flags))
+        except Exception:
+            self.counts["unsent"] += 1
+            log.exception("session %r: failed to send the reply to block %d", self.session, block.seq)

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from lmdm_bridge.hosting.hosted import Hosting, HostedSession, check_params
+from lmdm_bridge.hosting.hosted import SESSION_COUNTS, Hosting, HostedSession, check_params
 from lmdm_bridge.hosting.peer import Peer
 from lmdm_bridge.hosting.quotas import Limits, Quotas, session_load
 from lmdm_bridge.hosting.workers import Workers
@@ -43,9 +43,8 @@ MAX_TRACKED_PEERS = 4096  # rate buckets and reply throttles kept at most (forgo
 # the counts status reports: the sessions' blocks, then the packets and messages of the dispatcher and the
 # transports (udp_refused: replies not sent past an unproven UDP address's budget; udp_dropped: datagrams dropped
 # while the UDP socket's buffer was full)
-STATUS_COUNTS = ("blocks", "processed", "late", "concealed", "lost", "bad_input", "restarts", "engine_errors",
-                 "packets", "messages", "dropped", "malformed", "errors", "unauthorized", "udp_refused",
-                 "udp_dropped")
+STATUS_COUNTS = SESSION_COUNTS + ("packets", "messages", "dropped", "malformed", "errors", "unauthorized",
+                                  "udp_refused", "udp_dropped")
 
 
 @dataclass
